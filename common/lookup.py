@@ -1,0 +1,128 @@
+"""The published table in memory, answering as the server would (SYSTEM.md "Published table").
+
+A published version is a folder `tables/<version>/` holding:
+- `table.parquet`   c1, c2, rank, c3, score, source (schemas.TABLE): the answers per pair;
+- `backoff.parquet` c2, rank, c3, score: successors of c2 alone, and the global top under c2 = -1;
+- `clusters.parquet` the catalog the table was built with (names for the HTTP answers);
+- `items.parquet` item_id (string), cluster_id; `top_items.parquet` cluster_id, rank, item_id
+  (string), count: the items most engaged with recently inside each cluster (item grounding);
+- `manifest.json`.
+Serve and the evaluation share this class, so a hit rate measures exactly what is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from common.catalog import Catalog
+from common.storage import join
+from common.tables_io import read_table
+
+GLOBAL = -1  # the c2 key of the global backoff list
+
+
+def _grouped(table: pa.Table, keys: list[str]) -> dict[tuple, tuple[tuple[int, float], ...]]:
+    """{key tuple: ((c3, score), ...) in rank order} built with one sort, no per-row filtering."""
+    table = table.sort_by([(k, "ascending") for k in keys] + [("rank", "ascending")])
+    cols = [table[k].to_pylist() for k in keys]
+    c3s = table["c3"].to_pylist()
+    scores = table["score"].to_pylist()
+    out: dict[tuple, list] = {}
+    for i, c3 in enumerate(c3s):
+        out.setdefault(tuple(col[i] for col in cols), []).append((c3, float(scores[i])))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Immutable answers: a dict lookup per request (microseconds), swapped whole on a new version."""
+
+    version: str
+    pairs: dict[tuple[int, int], tuple[tuple[int, float], ...]]
+    sources: dict[tuple[int, int], str]
+    backoff: dict[int, tuple[tuple[int, float], ...]]
+    catalog: Catalog
+    item_clusters: dict[str, int] = field(default_factory=dict)
+    top_items: dict[int, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_tables(
+        cls,
+        version: str,
+        table: pa.Table,
+        backoff: pa.Table,
+        catalog: Catalog,
+        items: pa.Table | None = None,
+        top_items: pa.Table | None = None,
+    ) -> Lookup:
+        pairs = _grouped(table, ["c1", "c2"])
+        # The source of a pair is that of its rank-1 row: iterate ranks descending, last one wins.
+        desc = table.sort_by([("rank", "descending")])
+        sources = {
+            (a, b): s
+            for a, b, s in zip(
+                desc["c1"].to_pylist(), desc["c2"].to_pylist(), desc["source"].to_pylist(), strict=True
+            )
+        }
+        back = {k[0]: v for k, v in _grouped(backoff, ["c2"]).items()}
+        item_clusters: dict[str, int] = {}
+        if items is not None:
+            item_clusters = dict(
+                zip(items["item_id"].to_pylist(), items["cluster_id"].to_pylist(), strict=True)
+            )
+        tops: dict[int, tuple[str, ...]] = {}
+        if top_items is not None:
+            ordered = top_items.sort_by([("cluster_id", "ascending"), ("rank", "ascending")])
+            acc: dict[int, list[str]] = {}
+            for c, item in zip(
+                ordered["cluster_id"].to_pylist(), ordered["item_id"].to_pylist(), strict=True
+            ):
+                acc.setdefault(c, []).append(item)
+            tops = {c: tuple(v) for c, v in acc.items()}
+        return cls(version, pairs, sources, back, catalog, item_clusters, tops)
+
+    @classmethod
+    def load(cls, root_or_dir: str, version: str | None = None) -> Lookup:
+        """Load `<root>/tables/<version>/` (or a version folder itself when version is None)."""
+        folder = join(root_or_dir, "tables", version) if version else root_or_dir
+        name = version or folder.rstrip("/").rsplit("/", 1)[-1]
+
+        def optional(file: str) -> pa.Table | None:
+            from common.storage import exists
+
+            uri = join(folder, file)
+            return read_table(uri) if exists(uri) else None
+
+        items = optional("items.parquet")
+        top_items = optional("top_items.parquet")
+        if items is not None:
+            items = items.set_column(0, "item_id", items["item_id"].cast(pa.string()))
+        if top_items is not None:
+            idx = top_items.schema.get_field_index("item_id")
+            top_items = top_items.set_column(idx, "item_id", top_items["item_id"].cast(pa.string()))
+        return cls.from_tables(
+            name,
+            read_table(join(folder, "table.parquet")),
+            read_table(join(folder, "backoff.parquet")),
+            Catalog.from_table(read_table(join(folder, "clusters.parquet"))),
+            items,
+            top_items,
+        )
+
+    def answer(self, c1: int, c2: int, k: int) -> tuple[str, list[tuple[int, float]]]:
+        """(source, [(c3, score), ...]) for the pair, backing off to c2 alone, then the global top.
+
+        Backoff lists skip c1 and c2 so every answer is novel, as the table's rows are.
+        """
+        row = self.pairs.get((c1, c2))
+        if row is not None:
+            return self.sources[(c1, c2)], list(row[:k])
+        for key, source in ((c2, "backoff_c2"), (GLOBAL, "backoff_global")):
+            row = self.backoff.get(key)
+            if row:
+                picked = [(c3, s) for c3, s in row if c3 != c1 and c3 != c2][:k]
+                if picked:
+                    return source, picked
+        return "empty", []

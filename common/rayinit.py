@@ -1,0 +1,32 @@
+"""Start or join Ray the same way in every job: the configured address, else local."""
+
+from __future__ import annotations
+
+import os
+
+from common.config import Config
+
+RUNTIME_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def init_ray(cfg: Config):
+    """ray.init once; under `ray job submit` (RAY_ADDRESS set) this joins the cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    for key, value in RUNTIME_ENV_VARS.items():
+        os.environ.setdefault(key, value)
+    kwargs: dict = {"log_to_driver": True}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    else:
+        if cfg.ray.num_cpus is not None:
+            kwargs["num_cpus"] = cfg.ray.num_cpus
+        if cfg.ray.object_store_memory is not None:
+            kwargs["object_store_memory"] = cfg.ray.object_store_memory
+        kwargs["include_dashboard"] = False
+    ray.init(**kwargs)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    return ray

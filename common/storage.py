@@ -1,0 +1,167 @@
+"""The one place that turns a path into a filesystem, and the layout of everything under `root`.
+
+Local paths and `s3://bucket/prefix` both work. S3 goes through s3fs, which honours the standard
+`AWS_ENDPOINT_URL` and credentials variables (that is how tests reach moto's server); pyarrow and
+Ray Data get the same s3fs wrapped as a pyarrow filesystem. The layout follows SYSTEM.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://") or uri.startswith("s3a://")
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts with '/', for local paths and URIs alike."""
+    out = root.rstrip("/")
+    for part in parts:
+        out = f"{out}/{str(part).strip('/')}"
+    return out
+
+
+def fsspec_for(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fsspec filesystem, path inside it) for a local path or an s3:// URI."""
+    if is_s3(uri):
+        import s3fs
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
+        fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+        return fs, uri.split("://", 1)[1]
+    path = os.path.abspath(os.path.expanduser(uri))
+    return fsspec.filesystem("file"), path
+
+
+def arrow_fs_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it): what pyarrow and Ray Data read and write with."""
+    if is_s3(uri):
+        fs, path = fsspec_for(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def exists(uri: str) -> bool:
+    fs, path = fsspec_for(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = fsspec_for(uri)
+    if not is_s3(uri):
+        fs.makedirs(path, exist_ok=True)
+
+
+def read_text(uri: str) -> str:
+    fs, path = fsspec_for(uri)
+    with fs.open(path, "r") as f:
+        return f.read()
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small text file; local writes go through a temporary file and a rename."""
+    fs, path = fsspec_for(uri)
+    if is_s3(uri):
+        # An S3 PUT is atomic: readers see the old object or the new one, never a part.
+        with fs.open(path, "w") as f:
+            f.write(text)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_text(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the folders directly under uri (empty when it does not exist)."""
+    fs, path = fsspec_for(uri)
+    if not fs.exists(path):
+        return []
+    return sorted(
+        p["name"].rstrip("/").rsplit("/", 1)[-1]
+        for p in fs.ls(path, detail=True)
+        if p["type"] == "directory"
+    )
+
+
+def remove(uri: str) -> None:
+    fs, path = fsspec_for(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+# Layout under root (SYSTEM.md).
+def inputs_dir(root: str) -> str:
+    return join(root, "inputs")
+
+
+def transitions_dir(root: str) -> str:
+    return join(root, "stats", "transitions")
+
+
+def aggregate_state_dir(root: str) -> str:
+    return join(root, "stats", "state")
+
+
+def retrieval_dir(root: str, day: Any, window_days: int) -> str:
+    return join(root, "retrieval", f"day={day}_w={window_days}")
+
+
+def adapters_dir(root: str) -> str:
+    return join(root, "adapters")
+
+
+def checkpoints_dir(root: str) -> str:
+    return join(root, "checkpoints")
+
+
+def tables_dir(root: str) -> str:
+    return join(root, "tables")
+
+
+def table_dir(root: str, version: str) -> str:
+    return join(root, "tables", version)
+
+
+def current_pointer(root: str) -> str:
+    return join(root, "tables", "CURRENT")
+
+
+def report_dir(root: str, report: str) -> str:
+    return join(root, "reports", report)
+
+
+def pipeline_state(root: str) -> str:
+    return join(root, "pipeline", "state.json")
+
+
+def read_current(root: str) -> str | None:
+    """The published table version, or None before the first publish."""
+    uri = current_pointer(root)
+    if not exists(uri):
+        return None
+    return read_text(uri).strip() or None
+
+
+def swap_current(root: str, version: str) -> None:
+    """Point tables/CURRENT at version: the one atomic step of a publish."""
+    write_text(current_pointer(root), version + "\n")

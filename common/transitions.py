@@ -1,0 +1,51 @@
+"""Reading the daily transition counts (SYSTEM.md "Transitions").
+
+Layout: `<root>/stats/transitions/day=YYYY-MM-DD/*.parquet`, every file with the full
+schemas.TRANSITIONS columns (day included), one folder per UTC day so that an update only adds
+folders. Readers select days by folder name and never open a day outside their window, which is
+what keeps day d's events out of anything built for day d.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import schemas
+from common.storage import arrow_fs_for, join, list_dirs, transitions_dir
+
+
+def day_dir(root: str, day: dt.date) -> str:
+    return join(transitions_dir(root), f"day={day.isoformat()}")
+
+
+def list_days(root: str) -> list[dt.date]:
+    """The days that have counts, in order."""
+    return [
+        dt.date.fromisoformat(name.split("=", 1)[1])
+        for name in list_dirs(transitions_dir(root))
+        if name.startswith("day=")
+    ]
+
+
+def read_transitions(
+    root: str, start: dt.date | None = None, end: dt.date | None = None
+) -> pa.Table:
+    """Counts of the days in [start, end) (either bound open when None), schemas.TRANSITIONS."""
+    days = [d for d in list_days(root) if (start is None or d >= start) and (end is None or d < end)]
+    if not days:
+        return schemas.TRANSITIONS.empty_table()
+    fs, base = arrow_fs_for(transitions_dir(root))
+    parts = []
+    for day in days:
+        folder = f"{base}/day={day.isoformat()}"
+        files = sorted(
+            f.path
+            for f in fs.get_file_info(pa.fs.FileSelector(folder))
+            if f.type == pa.fs.FileType.File and f.path.endswith(".parquet")
+        )
+        for path in files:
+            parts.append(pq.read_table(path, filesystem=fs, schema=schemas.TRANSITIONS))
+    return pa.concat_tables(parts) if parts else schemas.TRANSITIONS.empty_table()

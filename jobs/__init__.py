@@ -1,0 +1,1 @@
+"""One module per Ray job entrypoint: `python -m jobs.<name> --config FILE --set key=value`."""
