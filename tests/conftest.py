@@ -77,3 +77,11 @@ def root(tmp_path):
     path = tmp_path / "root"
     path.mkdir()
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama model dir + local tokenizer with a chat template (tests/tiny_model.py)."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model")

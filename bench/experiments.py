@@ -1,0 +1,179 @@
+"""The paper's experiments, reproduced on a root that holds aggregated counts (docs/results.md).
+
+    python -m bench.experiments DATASET EXPERIMENT [--config FILE] [--set key=value ...]
+
+EXPERIMENT is one of:
+- `drift`      month-over-month Jaccard of the top-5 successors (paper: mean 0.17);
+- `identical`  share of pairs whose answers with RAG equal those without (paper: 7.8%), for the
+               base model (base vs rag) and the fine-tuned one (ft_once vs hybrid) on one day;
+- `retrieval`  frequency vs trend vs global retrieval in the RAG prompt (strategy rag, replayed);
+- `refresh`    a hybrid table refreshed every 2 days vs one fixed at the first day (replayed);
+- `compare`    the full strategy comparison, adaptive included (jobs.pipeline replay);
+- `all`        each of the above in turn.
+Each writes `<root>/reports/exp-<DATASET>-<EXPERIMENT>[...]/` and prints a JSON line; the replays
+share one work root (`<root>/reports/exp-<DATASET>-work`) so each fine-tune is trained once.
+DATASET is only a label for the report names (sim, movielens, movietweetings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+from common.cli import config_from_args, setup_logging
+from common.config import Config
+from common.lookup import Lookup
+from common.storage import join, report_dir, write_json
+from common.transitions import list_days, read_transitions
+from jobs.pipeline import with_overrides
+from jobs.replay import replay
+
+DAY = dt.timedelta(days=1)
+
+
+def work_root(cfg: Config, dataset: str) -> str:
+    return cfg.pipeline.work_root or report_dir(cfg.root, f"exp-{dataset}-work")
+
+
+def window(cfg: Config) -> tuple[dt.date, dt.date]:
+    """[start, end) replayed: pipeline.start/end, else the last 14 days with counts."""
+    days = list_days(cfg.root)
+    end = cfg.pipeline.end or days[-1] + DAY
+    start = cfg.pipeline.start or end - 14 * DAY
+    return start, end
+
+
+def exp_drift(cfg: Config, dataset: str) -> dict:
+    from common.drift import drift_series
+
+    out = {}
+    for w in (30, 14, 7):
+        r = drift_series(read_transitions(cfg.root), w, cfg.aggregate.drift_min_support, 5)
+        out[f"window_{w}d"] = {
+            "mean_jaccard": r["mean_jaccard"],
+            "per_window": [
+                (str(x["next_start"]), x["pairs"], x["mean_jaccard"]) for x in r["windows"]
+            ],
+        }
+    write_json(join(report_dir(cfg.root, f"exp-{dataset}-drift"), "drift.json"), out)
+    return {w: v["mean_jaccard"] for w, v in out.items()}
+
+
+def same_answers(a: Lookup, b: Lookup, k: int) -> dict:
+    """Share of the pairs both tables answer whose top-1 (and top-k list) is identical."""
+    pairs = sorted(set(a.pairs) & set(b.pairs))
+    top1 = sum(a.pairs[p][0][0] == b.pairs[p][0][0] for p in pairs)
+    topk = sum([c for c, _ in a.pairs[p][:k]] == [c for c, _ in b.pairs[p][:k]] for p in pairs)
+    overlap = sum(
+        len({c for c, _ in a.pairs[p][:k]} & {c for c, _ in b.pairs[p][:k]}) / k for p in pairs
+    )
+    n = max(len(pairs), 1)
+    return {
+        "pairs": len(pairs),
+        "top1_identical": top1 / n,
+        f"top{k}_list_identical": topk / n,
+        f"top{k}_overlap": overlap / n,
+    }
+
+
+def exp_identical(cfg: Config, dataset: str) -> dict:
+    start, _ = window(cfg)
+    c = with_overrides(
+        cfg, report=f"exp-{dataset}-identical", pipeline__work_root=work_root(cfg, dataset)
+    )
+    rep = replay(c, start, start + DAY, ["base", "rag", "ft_once", "hybrid"])
+    timeline = json.loads(open_text(join(rep["report"], "timeline.json")))["hit_rates"]
+    version = {s: next(iter(v.values()))["version"] for s, v in timeline.items() if v}
+    work = c.pipeline.work_root
+    tables = {s: Lookup.load(work, v) for s, v in version.items()}
+    out = {"day": start.isoformat(), "versions": version}
+    if "base" in tables and "rag" in tables:
+        out["base_vs_rag"] = same_answers(tables["base"], tables["rag"], 5)
+    if "ft_once" in tables and "hybrid" in tables:
+        out["ft_vs_hybrid"] = same_answers(tables["ft_once"], tables["hybrid"], 5)
+    write_json(join(rep["report"], "identical.json"), out)
+    return out
+
+
+def exp_retrieval(cfg: Config, dataset: str) -> dict:
+    start, end = window(cfg)
+    out = {}
+    for variant in ("frequency", "trend", "global"):
+        c = with_overrides(
+            cfg,
+            report=f"exp-{dataset}-retrieval-{variant}",
+            prompt__rag_variant=variant,
+            pipeline__work_root=work_root(cfg, dataset),
+        )
+        out[variant] = replay(c, start, end, ["rag"])["metrics"]["rag"]
+    write_json(join(report_dir(cfg.root, f"exp-{dataset}-retrieval"), "metrics.json"), out)
+    return out
+
+
+def exp_refresh(cfg: Config, dataset: str) -> dict:
+    start, end = window(cfg)
+    out = {}
+    for label, every in (("every_2_days", 2), ("fixed_day_1", 10_000)):
+        c = with_overrides(
+            cfg,
+            report=f"exp-{dataset}-refresh-{label}",
+            pipeline__rag_every_days=every,
+            pipeline__work_root=work_root(cfg, dataset),
+        )
+        out[label] = replay(c, start, end, ["hybrid"])["metrics"]["hybrid"]
+    write_json(join(report_dir(cfg.root, f"exp-{dataset}-refresh"), "metrics.json"), out)
+    return out
+
+
+def exp_compare(cfg: Config, dataset: str) -> dict:
+    start, end = window(cfg)
+    c = with_overrides(
+        cfg, report=f"exp-{dataset}-compare", pipeline__work_root=work_root(cfg, dataset)
+    )
+    return replay(c, start, end, list(cfg.pipeline.strategies))["metrics"]
+
+
+def open_text(uri: str) -> str:
+    from common.storage import read_text
+
+    return read_text(uri)
+
+
+EXPERIMENTS = {
+    "drift": exp_drift,
+    "identical": exp_identical,
+    "retrieval": exp_retrieval,
+    "refresh": exp_refresh,
+    "compare": exp_compare,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset")
+    parser.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    parser.add_argument("--config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = config_from_args(args)
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    for name in names:
+        result = EXPERIMENTS[name](cfg, args.dataset)
+        print(
+            json.dumps(
+                {"dataset": args.dataset, "experiment": name, "result": result}, default=str
+            ),
+            flush=True,
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Answers that are always real clusters, fast: scoring with a shared-prefix KV cache (pure torch).
+
+Every prompt of a bulk run shares a long prefix (instructions, the cluster list). `PrefixScorer`
+runs it once, keeps its keys/values, and for each batch runs only the per-pair suffixes, right
+padded, with an explicit 4-D attention mask and position ids so each row sees the prefix and its
+own suffix only. Three ways to turn the model into answers (issue 4):
+
+- `verbalize`: the probability of every cluster name under decoding constrained to a prefix tree
+  (trie) of the names' token ids, all in ONE forward per batch. Only trie nodes with two or more
+  children need a model state; the tokens leading to them are appended once, shared by every row,
+  under a tree-shaped mask (each sees the suffix and its own ancestors). A name's log-probability
+  is the sum of log-softmaxes over the live children at its branching nodes, i.e. exactly what
+  step-by-step constrained decoding assigns it, with no beam pruning.
+- `constrained`: step-by-step beam search over the same trie (k beams per row), reusing the cache.
+- `generate`: free greedy generation, mapped back to a cluster by exact name match (valid rate).
+
+Excluded clusters (c1, c2 of the row) are masked before normalising, so they never appear and
+their probability mass is shared by the others. Runs on CPU or GPU without Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+NEG = -1e9  # finite "minus infinity": keeps matmuls free of nan
+
+
+@dataclass
+class Trie:
+    """Prefix tree over name token ids (each name ends with the end token, so no name is a
+    prefix of another). Node 0 is the root."""
+
+    children: list[dict[int, int]]  # node -> {token: child node}
+    leaf_name: dict[int, int]  # leaf node -> name index
+    name_paths: list[list[int]]  # name index -> nodes after the root, in order
+
+    @classmethod
+    def build(cls, token_lists: list[list[int]]) -> Trie:
+        children: list[dict[int, int]] = [{}]
+        leaf_name: dict[int, int] = {}
+        paths = []
+        for i, tokens in enumerate(token_lists):
+            node, path = 0, []
+            for t in tokens:
+                nxt = children[node].get(t)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][t] = nxt
+                    children.append({})
+                node = nxt
+                path.append(node)
+            if node in leaf_name:
+                raise ValueError(f"names {leaf_name[node]} and {i} have the same tokens")
+            leaf_name[node] = i
+            paths.append(path)
+        return cls(children, leaf_name, paths)
+
+
+class PrefixScorer:
+    """Scores cluster names after prompts that start with one shared prefix.
+
+    `model` is a causal LM (transformers, Llama-like: `get_decoder()` and tied or untied output
+    embeddings), `names` the cluster names in catalog order, `prefix` the text every prompt starts
+    with. Suffixes are the prompt text after the prefix. `end_token_id` closes an answer (the
+    chat end token); None uses the tokenizer's eos.
+    """
+
+    def __init__(self, model, tokenizer, names: list[str], prefix: str, end_token_id=None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.names = list(names)
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings().weight  # (vocab, hidden)
+        self.device = self.head.device
+        self.end_id = tokenizer.eos_token_id if end_token_id is None else end_token_id
+        self.name_tokens = [
+            tokenizer(n, add_special_tokens=False)["input_ids"] + [self.end_id] for n in names
+        ]
+        self.name_index = {n: i for i, n in enumerate(self.names)}
+        self.max_name_tokens = max(len(t) for t in self.name_tokens)
+        self.trie = Trie.build(self.name_tokens)
+        self._plan()
+        self.prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        self.P = len(self.prefix_ids)
+        self.flops = 0.0  # model FLOPs spent (2 x params per token + attention), for MFU
+        self.n_params = sum(
+            p.numel() for n, p in self.decoder.named_parameters() if "embed_tokens" not in n
+        )
+        with torch.inference_mode():
+            ids = torch.tensor([self.prefix_ids], device=self.device)
+            out = self.decoder(input_ids=ids, use_cache=True)
+            self.prefix_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self._count(self.P, self.P)
+
+    # ---- the trie plan: which tokens to append and where each branching node's state lives ----
+    def _plan(self) -> None:
+        ch = self.trie.children
+        branch = [0] + [n for n in range(1, len(ch)) if len(ch[n]) >= 2]
+        need: set[int] = set()
+        parent = {c: p for p in range(len(ch)) for c in ch[p].values()}
+        token_of = {c: t for p in range(len(ch)) for t, c in ch[p].items()}
+        for n in branch[1:]:
+            while n != 0:  # the path to a branching node: each node on it is one appended token
+                need.add(n)
+                n = parent[n]
+        ext = sorted(need, key=lambda n: (self._depth(n, parent), n))
+        self.ext_nodes = ext
+        ext_index = {n: i for i, n in enumerate(ext)}
+        self.ext_tokens = [token_of[n] for n in ext]
+        self.ext_depth = [self._depth(n, parent) for n in ext]
+        # ext_sees[i, j]: appended token i attends appended token j (j is i or an ancestor).
+        E = len(ext)
+        sees = np.zeros((E, E), dtype=bool)
+        for i, n in enumerate(ext):
+            m = n
+            while m != 0:
+                sees[i, ext_index[m]] = True
+                m = parent[m]
+        self.ext_sees = torch.tensor(sees)
+        self.branch_nodes = branch
+        self.branch_ext = [-1] + [ext_index[n] for n in branch[1:]]  # -1: last suffix token
+        # Edges out of branching nodes, padded to (J, C) for one log-softmax per node.
+        C = max(len(ch[n]) for n in branch)
+        J = len(branch)
+        edge_tok = np.zeros((J, C), dtype=np.int64)
+        edge_ok = np.zeros((J, C), dtype=bool)
+        edge_names = np.zeros((J, C, len(self.names)), dtype=np.float32)
+        slot = {}
+        for j, n in enumerate(branch):
+            for c, (tok, child) in enumerate(sorted(ch[n].items())):
+                edge_tok[j, c], edge_ok[j, c] = tok, True
+                slot[child] = (j, c)
+        for i, path in enumerate(self.trie.name_paths):
+            for node in path:
+                if node in slot:
+                    j, c = slot[node]
+                    edge_names[j, c, i] = 1.0
+        self.edge_tok = torch.tensor(edge_tok)
+        self.edge_ok = torch.tensor(edge_ok)
+        self.edge_names = torch.tensor(edge_names)  # (J, C, n): edge lies on name i's path
+
+    @staticmethod
+    def _depth(n: int, parent: dict[int, int]) -> int:
+        d = 0
+        while n != 0:
+            n, d = parent[n], d + 1
+        return d
+
+    def _count(self, q_tokens: int, kv_tokens: float) -> None:
+        """2 FLOPs per parameter per token, plus attention (QK^T and AV: 4 x hidden x keys)."""
+        hidden = self.head.shape[1]
+        layers = (
+            len(self.prefix_kv)
+            if hasattr(self, "prefix_kv")
+            else self.decoder.config.num_hidden_layers
+        )
+        self.flops += 2.0 * self.n_params * q_tokens + 4.0 * hidden * layers * q_tokens * kv_tokens
+
+    # ---- the batched forward over prefix cache + ragged suffixes (+ appended trie tokens) ----
+    def _suffix_ids(self, suffixes: list[str]) -> list[list[int]]:
+        return [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in suffixes]
+
+    def _cache(self, B: int):
+        from transformers import DynamicCache
+
+        return DynamicCache(
+            ddp_cache_data=[
+                (k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self.prefix_kv
+            ]
+        )
+
+    def _forward(self, suffix_ids: list[list[int]], ext: bool):
+        """Hidden states (B, Q, H) for suffix (+ appended trie tokens) and the cache it filled."""
+        B, P = len(suffix_ids), self.P
+        lens = torch.tensor([len(s) for s in suffix_ids])
+        L = int(lens.max())
+        E = len(self.ext_tokens) if ext else 0
+        Q = L + E
+        ids = torch.zeros((B, Q), dtype=torch.long)
+        for b, s in enumerate(suffix_ids):
+            ids[b, : len(s)] = torch.tensor(s)
+        t = torch.arange(L)
+        pos = torch.empty((B, Q), dtype=torch.long)
+        pos[:, :L] = P + torch.minimum(t[None, :], (lens - 1)[:, None])
+        mask = torch.zeros((B, 1, Q, P + Q), dtype=torch.bool)
+        mask[:, :, :, :P] = True
+        real = t[None, :] < lens[:, None]  # (B, L)
+        causal = torch.tril(torch.ones((L, L), dtype=torch.bool))
+        mask[:, 0, :L, P : P + L] = causal[None] & real[:, None, :] & real[:, :, None]
+        if E:
+            ids[:, L:] = torch.tensor(self.ext_tokens)
+            pos[:, L:] = P + lens[:, None] - 1 + torch.tensor(self.ext_depth)[None, :]
+            mask[:, 0, L:, P : P + L] = real[:, None, :]
+            mask[:, 0, L:, P + L :] = self.ext_sees[None]
+        cache = self._cache(B)
+        out = self.decoder(
+            input_ids=ids.to(self.device),
+            position_ids=pos.to(self.device),
+            attention_mask=mask.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        self._count(B * Q, P + Q / 2)
+        return out.last_hidden_state, lens, L, out.past_key_values
+
+    # ---- (a) verbalizer: every cluster's constrained-decoding probability, one forward ----
+    def verbalize(
+        self, suffixes: list[str], exclude: list[list[int]] | None = None
+    ) -> torch.Tensor:
+        """Log-probabilities (B, n_names) float32; excluded name indices get -inf."""
+        with torch.inference_mode():
+            h, lens, L, _ = self._forward(self._suffix_ids(suffixes), ext=True)
+            B = h.shape[0]
+            rows = torch.arange(B)
+            states = []
+            for e in self.branch_ext:
+                states.append(h[rows, lens - 1] if e < 0 else h[:, L + e])
+            hb = torch.stack(states, dim=1)  # (B, J, H)
+            w = self.head[self.edge_tok.to(self.device)]  # (J, C, H)
+            logits = torch.einsum("bjh,jch->bjc", hb, w).float().cpu()
+            valid = torch.ones((B, len(self.names)), dtype=torch.float32)
+            for b, ex in enumerate(exclude or []):
+                valid[b, list(ex)] = 0.0
+            live = torch.einsum("bn,jcn->bjc", valid, self.edge_names) > 0
+            live &= self.edge_ok[None]
+            logp = torch.log_softmax(logits.masked_fill(~live, float("-inf")), dim=-1)
+            logp = torch.nan_to_num(logp.masked_fill(~live, NEG), nan=NEG, neginf=NEG)
+            scores = torch.einsum("bjc,jcn->bn", logp, self.edge_names)
+            return scores.masked_fill(valid == 0, float("-inf"))
+
+    def top_k(self, suffixes: list[str], exclude: list[list[int]], k: int):
+        """(indices (B, k'), log-probs (B, k')) best first, k' = min(k, n - 2), by `verbalize`."""
+        scores = self.verbalize(suffixes, exclude)
+        kk = min(k, len(self.names) - max((len(set(e)) for e in exclude), default=0))
+        # Stable order on ties: higher score first, then lower catalog position.
+        order = np.lexsort(
+            (np.arange(len(self.names))[None, :].repeat(len(suffixes), 0), -scores.numpy())
+        )
+        idx = torch.tensor(order[:, :kk])
+        return idx, torch.gather(scores, 1, idx)
+
+    # ---- (b) constrained decoding: beam search over the trie, k beams per row ----
+    def constrained(self, suffixes: list[str], exclude: list[list[int]], k: int):
+        """(indices (B, k'), log-probs (B, k')) from step-by-step beam search over the trie."""
+        n = len(self.names)
+        with torch.inference_mode():
+            h, lens, L, cache = self._forward(self._suffix_ids(suffixes), ext=False)
+            B = h.shape[0]
+            last = h[torch.arange(B), lens - 1]
+            kv_ok = torch.zeros((B, self.P + L), dtype=torch.bool)
+            kv_ok[:, : self.P] = True
+            kv_ok[:, self.P :] = torch.arange(L)[None, :] < lens[:, None]
+            banned = [set(e) for e in exclude]
+            # A beam: (row, node, logp, cache row). Finished names collect per row.
+            beams = [(b, 0, 0.0, b) for b in range(B)]
+            done: list[list[tuple[float, int]]] = [[] for _ in range(B)]
+            state = last
+            steps = 0
+            while beams:
+                cand: dict[int, list[tuple[float, int, int, int]]] = {}
+                logits = (state @ self.head.T).float().cpu()  # (beams, vocab)
+                for i, (b, node, lp, _) in enumerate(beams):
+                    kids = [
+                        (t, c)
+                        for t, c in self.trie.children[node].items()
+                        if self._alive(c, banned[b])
+                    ]
+                    if not kids:
+                        continue
+                    toks = torch.tensor([t for t, _ in kids])
+                    lps = torch.log_softmax(logits[i, toks], dim=0).tolist()
+                    for (t, c), l in zip(kids, lps, strict=True):
+                        cand.setdefault(b, []).append((lp + l, c, t, i))
+                nxt = []
+                for b, options in cand.items():
+                    options.sort(key=lambda o: -o[0])
+                    need = k - len(done[b])
+                    for lp, c, t, i in options[: max(need, 0)]:
+                        if c in self.trie.leaf_name:
+                            done[b].append((lp, self.trie.leaf_name[c]))
+                        else:
+                            nxt.append((b, c, lp, i, t))
+                if not nxt:
+                    break
+                # Feed one token per live beam: reorder the cache to the beams, extend the mask.
+                src = torch.tensor([i for _, _, _, i, _ in nxt])
+                cache.reorder_cache(src.to(self.device))
+                kv_ok = torch.cat([kv_ok[src], torch.ones((len(nxt), 1), dtype=torch.bool)], dim=1)
+                rows = torch.tensor([b for b, *_ in nxt])
+                pos = self.P + lens[rows] + steps
+                ids = torch.tensor([[t] for *_, t in nxt])
+                out = self.decoder(
+                    input_ids=ids.to(self.device),
+                    position_ids=pos[:, None].to(self.device),
+                    attention_mask=kv_ok[:, None, None, :].to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                self._count(len(nxt), kv_ok.shape[1])
+                cache = out.past_key_values
+                state = out.last_hidden_state[:, -1]
+                beams = [(b, c, lp, j) for j, (b, c, lp, _, _) in enumerate(nxt)]
+                steps += 1
+            kk = min(k, n - max((len(s) for s in banned), default=0))
+            idx = torch.zeros((B, kk), dtype=torch.long)
+            val = torch.zeros((B, kk))
+            for b in range(B):
+                got = sorted(done[b], key=lambda o: (-o[0], o[1]))[:kk]
+                for r, (lp, i) in enumerate(got):
+                    idx[b, r], val[b, r] = i, lp
+            return idx, val
+
+    def _alive(self, node: int, banned: set[int]) -> bool:
+        """Whether some name under node is not banned (memoised per banned set would be faster;
+        tries are tiny)."""
+        if node in self.trie.leaf_name:
+            return self.trie.leaf_name[node] not in banned
+        return any(self._alive(c, banned) for c in self.trie.children[node].values())
+
+    # ---- (c) free generation, mapped back by exact match ----
+    def generate(self, suffixes: list[str], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy continuations (text up to the end token or a newline), batched with the cache."""
+        steps = max_new_tokens or self.max_name_tokens + 1
+        with torch.inference_mode():
+            h, lens, L, cache = self._forward(self._suffix_ids(suffixes), ext=False)
+            B = h.shape[0]
+            state = h[torch.arange(B), lens - 1]
+            kv_ok = torch.zeros((B, self.P + L), dtype=torch.bool)
+            kv_ok[:, : self.P] = True
+            kv_ok[:, self.P :] = torch.arange(L)[None, :] < lens[:, None]
+            out_ids = [[] for _ in range(B)]
+            finished = torch.zeros(B, dtype=torch.bool)
+            for step in range(steps):
+                tok = (state @ self.head.T).float().argmax(dim=-1).cpu()
+                for b in range(B):
+                    if not finished[b]:
+                        if tok[b].item() == self.end_id:
+                            finished[b] = True
+                        else:
+                            out_ids[b].append(tok[b].item())
+                if bool(finished.all()) or step == steps - 1:
+                    break
+                kv_ok = torch.cat([kv_ok, torch.ones((B, 1), dtype=torch.bool)], dim=1)
+                out = self.decoder(
+                    input_ids=tok[:, None].to(self.device),
+                    position_ids=(self.P + lens + step)[:, None].to(self.device),
+                    attention_mask=kv_ok[:, None, None, :].to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                self._count(B, kv_ok.shape[1])
+                cache = out.past_key_values
+                state = out.last_hidden_state[:, -1]
+        texts = self.tokenizer.batch_decode(out_ids, skip_special_tokens=True)
+        return [t.split("\n", 1)[0].strip() for t in texts]
+
+    def match(self, text: str) -> int | None:
+        """Name index of an exact match, else None (the paper's mapping of free answers)."""
+        return self.name_index.get(text)

@@ -1,0 +1,226 @@
+"""Daily novel-transition counts from the interactions, with Ray Data (SYSTEM.md "Transitions").
+
+Per user: order events by (ts, input order), collapse consecutive repeats, and count every
+(s[i-2], s[i-1], s[i]) whose s[i] is novel, on the UTC day of the event that produced s[i].
+
+Shape of the job, chosen for speed on few cores: one read task per file (common/inputs.py), a
+shard column `hash(user) % P`, one hash shuffle `groupby("shard").map_groups(...)` so each call
+gets every event of about 1/P of the users and does the sequence work vectorised with numpy, then
+a second shuffle by day that sums the per-shard partial counts and writes one file per day.
+Nothing but small summaries comes back to the driver.
+
+Incremental: each shard also writes its users' last two clusters (after collapsing) under
+`<root>/stats/state/`. A later run reads only events of days after the last processed day,
+prepends each user's state as two pseudo-events that sort first, and so produces exactly the
+counts a full run would, without touching old days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common import storage
+from common.cli import job_parser, run_main
+from common.config import Config
+from common.drift import drift_series, plot_drift
+from common.inputs import read_events, storage_env
+from common.item_counts import items_dir
+from common.sequences import (
+    sequence_transitions,
+    state_events,
+    sum_day,
+    sum_items_day,
+    user_shard,
+    write_day_file,
+)
+from common.tables_io import read_table, write_parquet
+from common.transitions import read_transitions
+
+log = logging.getLogger(__name__)
+EPOCH = dt.date(1970, 1, 1)
+
+
+# Ray wiring: the functions below run inside Ray Data tasks.
+def _add_shard(batch: pa.Table, n: int) -> pa.Table:
+    return batch.append_column("shard", pa.array(user_shard(batch["user_id"], n)))
+
+
+def _process_shard(group: pa.Table, state_dir: str, env: dict) -> pa.Table:
+    os.environ.update(env)
+    counts, state = sequence_transitions(group.drop_columns(["shard"]))
+    shard = group["shard"][0].as_py()
+    write_parquet(state, storage.join(state_dir, f"shard-{shard:05d}.parquet"))
+    return counts
+
+
+def _write_transitions_day(group: pa.Table, root: str, env: dict) -> pa.Table:
+    os.environ.update(env)
+    table = sum_day(group)
+    day = table["day"][0].as_py()
+    write_day_file(table, storage.join(storage.transitions_dir(root), f"day={day}"))
+    return pa.table({"day": [day], "rows": [table.num_rows],
+                     "transitions": [pc.sum(table["count"]).as_py()]})
+
+
+def _write_items_day(group: pa.Table, root: str, env: dict) -> pa.Table:
+    os.environ.update(env)
+    t = sum_items_day(group)
+    day = t["day"][0].as_py()
+    write_day_file(t, storage.join(items_dir(root), f"day={day}"))
+    return pa.table({"day": [day], "rows": [t.num_rows]})
+
+
+def _read_meta(root: str) -> dict | None:
+    uri = storage.join(storage.aggregate_state_dir(root), "meta.json")
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def _load_state(ray, root: str, meta: dict, user_type: pa.DataType):
+    """The carried per-user state as a Dataset of pseudo-events in the events' user type."""
+    fs, path = storage.arrow_fs_for(storage.join(storage.aggregate_state_dir(root),
+                                                 meta["version"]))
+    ds = ray.data.read_parquet(path, filesystem=fs)
+
+    def to_events(batch: pa.Table) -> pa.Table:
+        ev = state_events(batch)
+        if ev["user_id"].type != user_type:
+            ev = ev.set_column(0, "user_id", pc.cast(ev["user_id"], user_type))
+        return ev
+
+    return ds.map_batches(to_events, batch_format="pyarrow", batch_size=None)
+
+
+def _cast_users(batch: pa.Table) -> pa.Table:
+    return batch.set_column(0, "user_id", pc.cast(batch["user_id"], pa.string()))
+
+
+def _count_with_dataset(ray, cfg: Config, items: pa.Table, meta: dict | None,
+                        after_day: int | None, state_dir: str, n: int, env: dict):
+    """The Ray Data engine: groupby(shard).map_groups, then groupby(day).map_groups writes."""
+    root = cfg.root
+    events = read_events(cfg.inputs.interactions, items, after_day=after_day)
+    counts = events.counts
+    string_users = events.user_type == pa.string() or (meta or {}).get("user_type") == "string"
+    if counts.get("events", 0) == 0:
+        return counts, None, string_users
+    ds = events.ds
+    if string_users and events.user_type != pa.string():
+        ds = ds.map_batches(_cast_users, batch_format="pyarrow", batch_size=None)
+    if meta:
+        user_type = pa.string() if string_users else pa.int64()
+        ds = ds.union(_load_state(ray, root, meta, user_type))
+    partial = (
+        ds.map_batches(_add_shard, fn_kwargs={"n": n}, batch_format="pyarrow", batch_size=None)
+        .groupby("shard", num_partitions=n)
+        .map_groups(_process_shard, fn_kwargs={"state_dir": state_dir, "env": env},
+                    batch_format="pyarrow")
+    )
+    by_day = max(1, min(n, counts["max_day"] - counts["min_day"] + 1))
+    items_written = (events.item_counts.groupby("day", num_partitions=by_day)
+                     .map_groups(_write_items_day, fn_kwargs={"root": root, "env": env},
+                                 batch_format="pyarrow"))
+    # The item counts are independent of the sequences: run both pipelines at once so the
+    # small one fills the gaps of the big one instead of queueing behind it.
+    with ThreadPoolExecutor(1) as pool:
+        items_done = pool.submit(items_written.materialize)
+        written = (partial.groupby("day", num_partitions=by_day)
+                   .map_groups(_write_transitions_day, fn_kwargs={"root": root, "env": env},
+                               batch_format="pyarrow").to_arrow_refs())
+        items_done.result()
+    return counts, pa.concat_tables(ray.get(written)), string_users
+
+
+def write_drift_report(cfg: Config) -> dict:
+    """drift.json and drift.png under reports/<report>/ from all counts written so far."""
+    report = drift_series(read_transitions(cfg.root), cfg.aggregate.drift_window_days,
+                          cfg.aggregate.drift_min_support, top=5)
+    folder = storage.report_dir(cfg.root, cfg.report)
+    storage.write_json(storage.join(folder, "drift.json"), report)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "drift.png")
+        plot_drift(report, local)
+        fs, path = storage.fsspec_for(storage.join(folder, "drift.png"))
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.put_file(local, path)
+    return report
+
+
+def run(cfg: Config) -> dict:
+    from common.rayinit import init_ray
+
+    started = time.time()
+    ray = init_ray(cfg)
+    root, ac = cfg.root, cfg.aggregate
+    meta = _read_meta(root) if ac.incremental else None
+    if meta is None:
+        # A full run owns everything under stats/: start clean so no stale day survives.
+        for folder in (storage.transitions_dir(root), items_dir(root),
+                       storage.aggregate_state_dir(root)):
+            storage.remove(folder)
+    after_day = (dt.date.fromisoformat(meta["last_day"]) - EPOCH).days if meta else None
+    items = read_table(cfg.inputs.items, columns=["item_id", "cluster_id"])
+    env = storage_env()
+    n = ac.num_partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
+    version = f"v-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    state_dir = storage.join(storage.aggregate_state_dir(root), version)
+    if ac.engine == "tasks":
+        from common.transition_tasks import count_with_tasks
+
+        state_uri = (storage.join(storage.aggregate_state_dir(root), meta["version"])
+                     if meta else None)
+        counts, written, string_users = count_with_tasks(
+            ray, cfg.inputs.interactions, items, after_day, state_uri,
+            (meta or {}).get("user_type"), root, state_dir, n, env)
+    else:
+        counts, written, string_users = _count_with_dataset(
+            ray, cfg, items, meta, after_day, state_dir, n, env)
+    summary = {"mode": "incremental" if meta else "full", "engine": ac.engine,
+               "events_read": counts.get("rows", 0), "events_used": counts.get("events", 0),
+               "files": counts["files"],
+               "dropped": {k: counts.get(k, 0) for k in
+                           ("null_user_id", "null_item_id", "null_ts", "bad_ts", "unknown_item")},
+               "skipped_old_days": counts.get("skipped_old_days", 0),
+               "days_processed": 0, "transitions_written": 0, "rows_written": 0}
+    if written is not None:
+        last_day = EPOCH + dt.timedelta(days=counts["max_day"])
+        # The pointer moves only after every day and every state shard is written.
+        old = meta["version"] if meta else None
+        storage.write_json(storage.join(storage.aggregate_state_dir(root), "meta.json"),
+                           {"last_day": last_day.isoformat(), "version": version,
+                            "user_type": "string" if string_users else "int"})
+        if old:
+            storage.remove(storage.join(storage.aggregate_state_dir(root), old))
+        summary.update(days_processed=written.num_rows,
+                       rows_written=int(pc.sum(written["rows"]).as_py() or 0),
+                       transitions_written=int(pc.sum(written["transitions"]).as_py() or 0),
+                       last_day=last_day.isoformat())
+    drift = write_drift_report(cfg)
+    summary["drift_mean_jaccard"] = drift["mean_jaccard"]
+    summary["seconds"] = round(time.time() - started, 1)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = job_parser(
+        "python -m jobs.aggregate",
+        "Count daily novel cluster transitions per SYSTEM.md with Ray Data, incrementally.",
+        reads="inputs.interactions (Parquet or CSV, file or folder, local or s3://), "
+        "inputs.items; <root>/stats/state/ (the carried per-user state) when incremental",
+        writes="<root>/stats/transitions/day=YYYY-MM-DD/part-0.parquet (day, c1, c2, c3, count), "
+        "<root>/stats/items/day=YYYY-MM-DD/part-0.parquet (day, cluster_id, item_id, count), "
+        "<root>/stats/state/, <root>/reports/<report>/drift.json and drift.png",
+    )
+    return run_main(parser, run, argv)
+
+
+if __name__ == "__main__":
+    main()

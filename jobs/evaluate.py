@@ -1,0 +1,162 @@
+"""Score published tables on chosen days (SYSTEM.md "Evaluation").
+
+Each held-out transition (c1, c2) -> c3 of the scored days counts `count` times and hits at k when
+c3 is among the first k answers the server would give for (c1, c2): `common.lookup.Lookup`, with
+its backoff, the same class Serve answers with. Writes `<root>/reports/<report>/metrics.json`
+with one object per version: hit_rate@k, valid_rate, coverage, n_events, compute_seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+from common.cli import InputError, job_parser, run_main
+from common.config import Config
+from common.lookup import Lookup
+from common.storage import join, read_current, read_json, report_dir, table_dir, write_json
+from common.transitions import list_days, read_transitions
+
+log = logging.getLogger(__name__)
+
+
+def hit_counts(lookup: Lookup, transitions: pa.Table, ks: Iterable[int]) -> dict:
+    """Weighted hits per k, events, and events whose pair is in the table itself (not backoff).
+
+    Counts, not rates, so that days and periods add up exactly; `rates` turns them into rates.
+    Delegates to common.evaluation.hit_rates (shared with the guards) and converts back.
+    """
+    from common.evaluation import hit_rates
+
+    ks = sorted(set(int(k) for k in ks))
+    if transitions.num_rows == 0:
+        return {"n_events": 0, "covered": 0.0, **{f"hits@{k}": 0.0 for k in ks}}
+    r = hit_rates(lookup, transitions, ks)
+    n = int(r["n_events"])
+    out = {"n_events": n, "covered": float(r["coverage"]) * n}
+    for k in ks:
+        out[f"hits@{k}"] = float(r[f"hit_rate@{k}"]) * n
+    return out
+
+
+def add_counts(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+
+def rates(counts: dict, ks: Iterable[int]) -> dict:
+    """hit_rate@k and coverage from summed counts (0.0 when there are no events)."""
+    n = counts.get("n_events", 0)
+    out = {f"hit_rate@{k}": (counts.get(f"hits@{k}", 0.0) / n if n else 0.0) for k in ks}
+    out["coverage"] = counts.get("covered", 0.0) / n if n else 0.0
+    out["n_events"] = int(n)
+    return out
+
+
+def find_key(obj, key: str):
+    """The first value stored under `key` anywhere in a nested manifest (None when absent)."""
+    if isinstance(obj, dict):
+        if key in obj and not isinstance(obj[key], dict | list):
+            return obj[key]
+        for v in obj.values():
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for v in obj:
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def valid_rate_of(manifest: dict) -> float | None:
+    """The valid-rate guard's measured value (manifest.guards.valid_rate.value), if any."""
+    guard = (manifest.get("guards") or {}).get("valid_rate")
+    if isinstance(guard, dict) and guard.get("value") is not None and guard.get("n", 1):
+        return float(guard["value"])
+    value = find_key(manifest, "valid_rate")
+    return float(value) if value is not None else None
+
+
+def manifest_of(root: str, version: str) -> dict:
+    try:
+        return read_json(join(table_dir(root, version), "manifest.json"))
+    except (FileNotFoundError, OSError):
+        return {}
+
+
+def scored_days(cfg: Config, days: list[dt.date]) -> tuple[dt.date, dt.date]:
+    """[start, end) of the days scored: the configured bounds, else the last `days` with counts."""
+    ev = cfg.evaluate
+    if not days and (ev.start is None or ev.end is None):
+        raise InputError(f"no transition counts under {cfg.root}: run jobs.aggregate first")
+    end = ev.end or (days[-1] + dt.timedelta(days=1))
+    start = ev.start or (end - dt.timedelta(days=ev.days))
+    if start >= end:
+        raise InputError(f"evaluate.start {start} is not before evaluate.end {end}")
+    return start, end
+
+
+def evaluate_version(root: str, version: str, transitions: pa.Table, ks: list[int]) -> dict:
+    t0 = time.perf_counter()
+    lookup = Lookup.load(root, version)
+    metrics = rates(hit_counts(lookup, transitions, ks), ks)
+    manifest = manifest_of(root, version)
+    valid = valid_rate_of(manifest)
+    build = find_key(manifest, "compute_seconds")
+    metrics["valid_rate"] = valid if valid is not None else 1.0
+    metrics["compute_seconds"] = float(build) if build is not None else 0.0
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    metrics["strategy"] = manifest.get("strategy")
+    metrics["as_of"] = manifest.get("as_of")
+    return metrics
+
+
+def run(cfg: Config) -> dict:
+    versions = list(cfg.evaluate.versions)
+    if not versions:
+        current = read_current(cfg.root)
+        if current is None:
+            raise InputError(f"nothing published under {cfg.root}: no tables/CURRENT")
+        versions = [current]
+    start, end = scored_days(cfg, list_days(cfg.root))
+    transitions = read_transitions(cfg.root, start, end)
+    ks = sorted(set(cfg.evaluate.ks))
+    results = {v: evaluate_version(cfg.root, v, transitions, ks) for v in versions}
+    for v, m in results.items():
+        as_of = m.get("as_of")
+        if as_of and str(as_of) > start.isoformat():
+            # The table was built with data from inside the scored days: say so, loudly.
+            log.warning(
+                "version %s was built as of %s, after the first scored day %s", v, as_of, start
+            )
+            m["leaks_scored_days"] = True
+    out_dir = report_dir(cfg.root, cfg.report)
+    write_json(join(out_dir, "metrics.json"), results)
+    return {
+        "report": out_dir,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "metrics": {
+            v: {k: m[k] for k in m if k.startswith("hit_rate")} for v, m in results.items()
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = job_parser(
+        "python -m jobs.evaluate",
+        "Score published tables (tables/CURRENT by default) on chosen days, as Serve would answer.",
+        reads="<root>/tables/<version>/, <root>/stats/transitions/ "
+        "(days [evaluate.start, evaluate.end))",
+        writes="<root>/reports/<report>/metrics.json",
+    )
+    return run_main(parser, run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,654 @@
+"""Bulk inference for day d: the top-k answer of every cluster pair, guards, atomic publish.
+
+SYSTEM.md "Published table" and "Guards"; issue 4. Strategies: `frequency` (the retrieval
+snapshot's ranking, no model), `base` (base model, no RAG), `rag` (base + RAG prompts), `ft`
+(adapter, no RAG), `hybrid` (adapter + RAG). LLM strategies run one Ray Data `map_batches` pass
+over the prompt rows with `PairScorer` (model loaded once per actor, shared-prefix KV cache, see
+common/scoring.py). The same pass carries the guard rows: the held-out ("shadow") prompts built
+as of d - h and a free-generation sample for the valid rate (common/guards.py says why).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common import guards, publish, schemas, storage
+from common.catalog import Catalog, load_catalog
+from common.cli import InputError, job_parser, run_main
+from common.config import Config
+from common.evaluation import hit_rates
+from common.lookup import GLOBAL, Lookup
+from common.tables_io import read_table
+from common.transitions import list_days, read_transitions
+
+log = logging.getLogger(__name__)
+DAY = dt.timedelta(days=1)
+LLM_STRATEGIES = ("base", "rag", "ft", "hybrid")
+Answers = dict[tuple[int, int], list[tuple[int, float]]]
+
+
+# ---------------------------------------------------------------- pure functions
+def build_day(cfg: Config) -> dt.date:
+    """The day d the table is for: cfg.as_of, else the last day with counts + 1."""
+    if cfg.as_of is not None:
+        return cfg.as_of
+    days = list_days(cfg.root)
+    if not days:
+        raise InputError(f"no transition counts under {cfg.root}: run jobs.aggregate first")
+    return days[-1] + DAY
+
+
+def uses_rag(strategy: str) -> bool:
+    return strategy in ("rag", "hybrid")
+
+
+def uses_adapter(strategy: str) -> bool:
+    return strategy in ("ft", "hybrid")
+
+
+def all_pairs(catalog: Catalog, freq: pa.Table, min_support: int) -> list[tuple[int, int]]:
+    """Every ordered pair c1 != c2, or only those seen at least min_support times in the window."""
+    if min_support <= 0:
+        return [(a, b) for a in catalog.ids for b in catalog.ids if a != b]
+    seen = freq.filter(pc.greater_equal(freq["support"], min_support))
+    pairs = set(zip(seen["c1"].to_pylist(), seen["c2"].to_pylist(), strict=True))
+    return sorted(p for p in pairs if p[0] in catalog and p[1] in catalog and p[0] != p[1])
+
+
+def ranked(
+    snapshot: pa.Table, keys: tuple[str, ...] = ("c1", "c2")
+) -> dict[tuple, list[tuple[int, float]]]:
+    """{key: [(c3, score), ...] in rank order} of a retrieval snapshot table."""
+    t = snapshot.sort_by([(k, "ascending") for k in keys] + [("rank", "ascending")])
+    cols = [t[k].to_pylist() for k in keys]
+    out: dict[tuple, list] = {}
+    for i, (c3, s) in enumerate(zip(t["c3"].to_pylist(), t["score"].to_pylist(), strict=True)):
+        out.setdefault(tuple(c[i] for c in cols), []).append((c3, float(s)))
+    return out
+
+
+def fill_table(
+    pairs: list[tuple[int, int]],
+    answers: Answers,
+    source: str,
+    backoff: pa.Table,
+    catalog: Catalog,
+    k: int,
+) -> pa.Table:
+    """schemas.TABLE rows: each pair's answers (invalid, repeated, c1/c2 dropped) then padding to
+    k from the backoff of c2 and the global top (source "backoff", score capped by the row's last
+    score so scores never rise down a row)."""
+    back = ranked(backoff, ("c2",))
+    glob = back.get((GLOBAL,), [])
+    cols: dict[str, list] = {n: [] for n in schemas.TABLE.names}
+    for c1, c2 in pairs:
+        used = {c1, c2}
+        rank, last = 0, float("inf")
+        for rows, src in (
+            (answers.get((c1, c2), []), source),
+            (back.get((c2,), []), "backoff"),
+            (glob, "backoff"),
+        ):
+            for c3, score in rows:
+                if rank >= k:
+                    break
+                if c3 in used or c3 not in catalog:
+                    continue
+                used.add(c3)
+                rank += 1
+                last = min(last, score) if src == "backoff" else score
+                for name, v in zip(schemas.TABLE.names, (c1, c2, rank, c3, last, src), strict=True):
+                    cols[name].append(v)
+    return pa.table(
+        {n: pa.array(v, schemas.TABLE.field(n).type) for n, v in cols.items()}, schema=schemas.TABLE
+    )
+
+
+def holdout_pairs(events: pa.Table, max_pairs: int) -> list[tuple[int, int]]:
+    """The held-out days' most frequent pairs (ties by pair), at most max_pairs."""
+    if events.num_rows == 0:
+        return []
+    per = events.group_by(["c1", "c2"]).aggregate([("count", "sum")])
+    order = sorted(
+        zip(
+            per["c1"].to_pylist(), per["c2"].to_pylist(), per["count_sum"].to_pylist(), strict=True
+        ),
+        key=lambda r: (-r[2], r[0], r[1]),
+    )
+    return [(a, b) for a, b, _ in order[:max_pairs]]
+
+
+def only_pairs(events: pa.Table, pairs: list[tuple[int, int]]) -> pa.Table:
+    """The events of the given pairs."""
+    keys = pc.add(
+        pc.multiply(pc.cast(events["c1"], pa.int64()), 1 << 32), pc.cast(events["c2"], pa.int64())
+    )
+    wanted = pa.array([(a << 32) + b for a, b in pairs], pa.int64())
+    return events.filter(pc.is_in(keys, value_set=wanted))
+
+
+def common_prefix(prompts: list[str]) -> str:
+    """The prompts' shared text up to and including its last newline (a clean token boundary)."""
+    prefix = os.path.commonprefix(prompts)
+    cut = prefix.rfind("\n")
+    return prefix[: cut + 1] if cut >= 0 else ""
+
+
+# ---------------------------------------------------------------- data the job reads
+def snapshot_for(cfg: Config, day: dt.date) -> tuple[dict, str]:
+    """The retrieval snapshot for day (read when stored, else built in memory from the counts)."""
+    from common import retrieval
+
+    W = cfg.retrieval.window_days
+    if storage.exists(storage.retrieval_dir(cfg.root, day, W)):
+        return retrieval.read_snapshot(cfg.root, day, W), "stored"
+    window = read_transitions(cfg.root, day - W * DAY, day)
+    return retrieval.build_snapshot(window, day, W, cfg.retrieval.top_n), "built"
+
+
+def item_inputs(cfg: Config, day: dt.date) -> tuple[pa.Table | None, pa.Table | None]:
+    """(items, top items of the window) for item grounding; None where the input is missing."""
+    items = read_table(cfg.inputs.items) if storage.exists(cfg.inputs.items) else None
+    base = storage.join(cfg.root, "stats", "items")
+    start = day - cfg.retrieval.window_days * DAY
+    parts = [
+        read_table(storage.join(base, name))
+        for name in storage.list_dirs(base)
+        if name.startswith("day=") and start <= dt.date.fromisoformat(name[4:]) < day
+    ]
+    counts = (
+        pa.concat_tables(
+            [
+                p.select(["cluster_id", "item_id", "count"]).cast(
+                    pa.schema(
+                        [
+                            ("cluster_id", pa.int32()),
+                            ("item_id", pa.string()),
+                            ("count", pa.int64()),
+                        ]
+                    )
+                )
+                for p in parts
+            ]
+        )
+        if parts
+        else None
+    )
+    return items, (publish.build_top_items(counts) if counts is not None else None)
+
+
+def adapter_path(cfg: Config) -> str | None:
+    """The adapter of ft/hybrid: cfg.infer.adapter, else the one `adapters/LATEST` names."""
+    if not uses_adapter(cfg.infer.strategy):
+        return None
+    if cfg.infer.adapter:
+        return cfg.infer.adapter
+    latest = storage.join(storage.adapters_dir(cfg.root), "LATEST")
+    if not storage.exists(latest):
+        raise InputError(
+            f"strategy {cfg.infer.strategy} needs an adapter: none under {latest} "
+            "(run jobs.finetune or set infer.adapter)"
+        )
+    name = storage.read_text(latest).strip()
+    return name if "/" in name else storage.join(storage.adapters_dir(cfg.root), name)
+
+
+# ---------------------------------------------------------------- the Ray Data callable
+class PairScorer:
+    """Ray Data callable: loads the model (+ adapter) and the prefix cache once per actor, then
+    maps batches of prompt rows to ranked cluster positions (task "rank") or free text ("free").
+
+    `loader(model_cfg, adapter) -> (model, tokenizer)` is an argument so tests and a GPU box
+    without Ray can call this class directly."""
+
+    def __init__(
+        self,
+        model_cfg: dict,
+        adapter: str | None,
+        names: list[str],
+        prefix: str,
+        mode: str,
+        k: int,
+        threads: int | None = None,
+        max_new_tokens: int | None = None,
+        loader=None,
+        measure_ceiling: bool = True,
+    ):
+        import torch
+
+        from common.scoring import PrefixScorer
+
+        torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+        model, tokenizer = (loader or load_model_and_tokenizer)(model_cfg, adapter)
+        self.scorer = PrefixScorer(model, tokenizer, names, prefix)
+        self.mode, self.k, self.max_new_tokens = mode, k, max_new_tokens
+        dtype = next(model.parameters()).dtype
+        self.ceiling = matmul_ceiling(dtype, self.scorer.device) if measure_ceiling else 0.0
+
+    def __call__(self, batch: dict) -> dict:
+        t0 = time.perf_counter()
+        f0 = self.scorer.flops
+        n = len(batch["order"])
+        idx = np.full((n, self.k), -1, dtype=np.int64)
+        logp = np.full((n, self.k), -np.inf, dtype=np.float32)
+        text = np.array([""] * n, dtype=object)
+        tasks = np.asarray(batch["task"])
+        suffixes = [str(s) for s in batch["suffix"]]
+        exclude = [[int(a), int(b)] for a, b in zip(batch["x1"], batch["x2"], strict=True)]
+        rank_rows = np.flatnonzero(tasks == "rank")
+        if len(rank_rows):
+            sub_s = [suffixes[i] for i in rank_rows]
+            sub_x = [exclude[i] for i in rank_rows]
+            fn = self.scorer.constrained if self.mode == "constrained" else self.scorer.top_k
+            top, val = fn(sub_s, sub_x, self.k)
+            idx[rank_rows, : top.shape[1]] = top.numpy()
+            logp[rank_rows, : val.shape[1]] = val.numpy()
+        free_rows = np.flatnonzero(tasks == "free")
+        if len(free_rows):
+            out = self.scorer.generate([suffixes[i] for i in free_rows], self.max_new_tokens)
+            text[free_rows] = out
+        busy = time.perf_counter() - t0
+        return {
+            "order": np.asarray(batch["order"]),
+            "idx": idx,
+            "logp": logp,
+            "text": text,
+            "busy_s": np.full(n, busy / n),
+            "flops": np.full(n, (self.scorer.flops - f0) / n),
+            "ceiling": np.full(n, self.ceiling),
+        }
+
+
+def load_model_and_tokenizer(model_cfg: dict, adapter: str | None):
+    """The default loader: common.model (packaged or HF dir), adapter merged for speed."""
+    from common.model import load_model, load_tokenizer
+
+    from common.config import ModelConfig
+
+    mcfg = ModelConfig.model_validate(model_cfg)
+    model = load_model(mcfg, adapter=adapter)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model, load_tokenizer(mcfg)
+
+
+def matmul_ceiling(dtype, device, n: int = 2048, seconds: float = 1.0) -> float:
+    """Measured FLOP/s of a square matmul in the model's dtype, on the threads the model uses:
+    the ceiling that model FLOPs utilisation is reported against (best of a few repeats)."""
+    import torch
+
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best, spent = 0.0, 0.0
+    a @ b  # warm-up: kernel choice, packing
+    while spent < seconds:
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt_ = time.perf_counter() - t
+        spent += dt_
+        best = max(best, 2.0 * n**3 / dt_)
+    return best
+
+
+# ---------------------------------------------------------------- prompts and the Ray pass
+def prompt_texts(
+    cfg: Config, tokenizer, catalog: Catalog, pairs, retrieved: Answers | None
+) -> list[str]:
+    """Rendered chat prompts of the pairs; with `retrieved` the RAG successors are named."""
+    from common import prompts
+
+    top = cfg.prompt.rag_top
+    out = []
+    for c1, c2 in pairs:
+        rag = None
+        if retrieved is not None:
+            rag = [c for c, _ in retrieved.get((c1, c2), [])][:top]
+        out.append(prompts.render_prompt(tokenizer, catalog, c1, c2, rag))
+    return out
+
+
+def run_llm(
+    cfg: Config, catalog: Catalog, rows: list[dict], prefix: str, adapter: str | None
+) -> tuple[list[dict], dict]:
+    """Score the prompt rows in one Ray Data pass; rows come back in their `order`."""
+    import ray
+
+    from common.rayinit import init_ray
+
+    init_ray(cfg)
+    inf = cfg.infer
+    threads = inf.threads or max(1, (os.cpu_count() or 1) // inf.pool_size)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // inf.batch_size, 16)))
+    t0 = time.perf_counter()
+    out = ds.map_batches(
+        PairScorer,
+        fn_constructor_kwargs={
+            "model_cfg": cfg.model.model_dump(),
+            "adapter": adapter,
+            "names": list(catalog.names),
+            "prefix": prefix,
+            "mode": inf.mode,
+            "k": inf.top_k,
+            "threads": threads,
+            "max_new_tokens": inf.max_new_tokens,
+        },
+        batch_size=inf.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=inf.pool_size),
+        num_gpus=inf.num_gpus,
+        num_cpus=inf.cpus_per_actor,
+    ).take_all()
+    wall = time.perf_counter() - t0
+    out.sort(key=lambda r: r["order"])
+    busy = float(sum(r["busy_s"] for r in out))
+    flops = float(sum(r["flops"] for r in out))
+    ceiling = float(max(r["ceiling"] for r in out)) if out else 0.0
+    perf = {
+        "rows": len(out),
+        "wall_s": wall,
+        "busy_s": busy,
+        "model_tflops": flops / 1e12,
+        "rows_per_s": len(out) / wall if wall else 0.0,
+        "rows_per_busy_s": len(out) / busy if busy else 0.0,
+        "achieved_gflops_per_s": flops / busy / 1e9 if busy else 0.0,
+        "ceiling_gflops_per_s": ceiling / 1e9,
+        # Per actor: each actor's FLOPs over its own busy time, against its own ceiling.
+        "mfu": (flops / busy) / ceiling / inf.pool_size if busy and ceiling else 0.0,
+        "threads_per_actor": threads,
+    }
+    return out, perf
+
+
+def rows_to_answers(rows: list[dict], catalog: Catalog) -> Answers:
+    """Ranked rows -> {(c1, c2): [(c3, probability), ...]}."""
+    out: Answers = {}
+    for r in rows:
+        out[(r["c1"], r["c2"])] = [
+            (catalog.ids[int(i)], float(np.exp(lp)))
+            for i, lp in zip(r["idx"], r["logp"], strict=True)
+            if i >= 0
+        ]
+    return out
+
+
+def free_to_answers(rows: list[dict], catalog: Catalog) -> tuple[Answers, int]:
+    """Free-generation rows -> ({pair: [(matched c3, 1.0)]}, how many named a real cluster)."""
+    index = {n: c for c, n in zip(catalog.ids, catalog.names, strict=True)}
+    out: Answers = {}
+    valid = 0
+    for r in rows:
+        c3 = index.get(r["text"])
+        if c3 is not None:
+            valid += 1
+            out[(r["c1"], r["c2"])] = [(c3, 1.0)]
+    return out, valid
+
+
+# ---------------------------------------------------------------- the job
+def _pair_rows(
+    catalog: Catalog, pairs, texts, prefix: str, part: str, task: str, start: int
+) -> list[dict]:
+    return [
+        {
+            "order": start + i,
+            "part": part,
+            "task": task,
+            "c1": a,
+            "c2": b,
+            "x1": catalog.position(a),
+            "x2": catalog.position(b),
+            "suffix": t[len(prefix) :],
+        }
+        for i, ((a, b), t) in enumerate(zip(pairs, texts, strict=True))
+    ]
+
+
+def infer_llm(cfg: Config, catalog: Catalog, pairs, snap, gpairs, shadow_snap) -> dict:
+    """Table answers, shadow answers and free-generation rows of an LLM strategy, one Ray pass."""
+    from common.model import load_tokenizer
+
+    inf, g = cfg.infer, cfg.guards
+    adapter = adapter_path(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    rag = uses_rag(inf.strategy)
+    variant = cfg.prompt.rag_variant
+    texts = prompt_texts(cfg, tokenizer, catalog, pairs, ranked(snap[variant]) if rag else None)
+    # Without RAG a pair's prompt does not depend on the day: the table's answers are the shadow's.
+    table_set = set(pairs)
+    extra = [p for p in gpairs if rag or p not in table_set]
+    shadow_texts = prompt_texts(
+        cfg, tokenizer, catalog, extra, ranked(shadow_snap[variant]) if rag and extra else None
+    )
+    sample: list[int] = []
+    if inf.mode != "free" and g.valid_sample:
+        rng = np.random.default_rng(0)
+        sample = sorted(
+            rng.choice(len(pairs), size=min(g.valid_sample, len(pairs)), replace=False).tolist()
+        )
+    prefix = common_prefix(texts + shadow_texts)
+    task = "free" if inf.mode == "free" else "rank"
+    rows = _pair_rows(catalog, pairs, texts, prefix, "table", task, 0)
+    rows += _pair_rows(catalog, extra, shadow_texts, prefix, "shadow", task, len(rows))
+    rows += _pair_rows(
+        catalog,
+        [pairs[i] for i in sample],
+        [texts[i] for i in sample],
+        prefix,
+        "valid",
+        "free",
+        len(rows),
+    )
+    log.info(
+        "scoring %d rows (%d table, %d shadow, %d free-generation sample); prefix %d chars",
+        len(rows),
+        len(pairs),
+        len(extra),
+        len(sample),
+        len(prefix),
+    )
+    out, perf = run_llm(cfg, catalog, rows, prefix, adapter)
+    part = {name: [r for r in out if r["part"] == name] for name in ("table", "shadow", "valid")}
+    convert = (
+        free_to_answers if inf.mode == "free" else (lambda rs, c: (rows_to_answers(rs, c), len(rs)))
+    )
+    answers, table_valid = convert(part["table"], catalog)
+    shadow, _ = convert(part["shadow"], catalog)
+    shadow = {**{p: answers[p] for p in gpairs if p in answers and not rag}, **shadow}
+    if inf.mode == "free":
+        n_valid, n_free = table_valid, len(part["table"])
+    else:
+        _, n_valid = free_to_answers(part["valid"], catalog)
+        n_free = len(part["valid"])
+    # Every row is one pair's prompt; the table's pairs per second also pay for the guard rows.
+    perf["pairs_per_s"] = perf["rows_per_s"]
+    perf["table_pairs_per_s"] = len(pairs) / perf["wall_s"] if perf["wall_s"] else 0.0
+    examples = [(r["c1"], r["c2"], r["text"]) for r in (part["valid"] or part["table"])[:5]]
+    return {
+        "answers": answers,
+        "shadow": shadow,
+        "n_valid": n_valid,
+        "n_free": n_free,
+        "perf": perf,
+        "adapter": adapter,
+        "prefix_chars": len(prefix),
+        "free_examples": examples,
+    }
+
+
+def run(cfg: Config) -> dict:
+    t_start = time.perf_counter()
+    inf, g = cfg.infer, cfg.guards
+    W, k, strategy = cfg.retrieval.window_days, inf.top_k, inf.strategy
+    day = build_day(cfg)
+    catalog = load_catalog(cfg.inputs.clusters)
+    snap, snap_how = snapshot_for(cfg, day)
+    backoff = publish.build_backoff(
+        snap["global"], read_transitions(cfg.root, day - W * DAY, day), catalog, k
+    )
+    pairs = all_pairs(catalog, snap["frequency"], inf.min_support)
+    if not pairs:
+        raise InputError(
+            f"no cluster pairs with support >= {inf.min_support} in [{day - W * DAY}, {day})"
+        )
+
+    # Guard data: held-out days [d - h, d) and the shadow build as of d - h (see common/guards.py).
+    gday = day - g.holdout_days * DAY
+    held = read_transitions(cfg.root, gday, day)
+    gpairs = holdout_pairs(held, g.max_pairs)
+    shadow_snap, _ = snapshot_for(cfg, gday)
+    shadow_backoff = publish.build_backoff(
+        shadow_snap["global"], read_transitions(cfg.root, gday - W * DAY, gday), catalog, k
+    )
+    t_infer = time.perf_counter()
+    llm: dict = {}
+    if strategy == "frequency":
+        answers, shadow, source = (
+            ranked(snap["frequency"]),
+            ranked(shadow_snap["frequency"]),
+            "frequency",
+        )
+        valid = guards.check_valid_rate(g, 0, 0, "frequency strategy: no generated answers")
+    else:
+        llm = infer_llm(cfg, catalog, pairs, snap, gpairs, shadow_snap)
+        answers, shadow, source = llm["answers"], llm["shadow"], "llm"
+        note = (
+            "free generation on the table's own prompts"
+            if inf.mode == "free"
+            else f"free generation on a sample of {llm['n_free']} table prompts (ranked answers are valid by construction)"
+        )
+        valid = guards.check_valid_rate(g, llm["n_valid"], llm["n_free"], note)
+    table = fill_table(pairs, answers, source, backoff, catalog, k)
+    infer_s = time.perf_counter() - t_infer
+
+    t_guard = time.perf_counter()
+    held_g = only_pairs(held, gpairs)
+    cand = Lookup.from_tables(
+        "candidate@holdout",
+        fill_table(gpairs, shadow, source, shadow_backoff, catalog, k),
+        shadow_backoff,
+        catalog,
+    )
+    cand_metrics = hit_rates(cand, held_g)
+    current = storage.read_current(cfg.root)
+    reg_info: dict = {"published_version": current}
+    cand_common = pub_common = None
+    if current:
+        manifest = storage.read_json(
+            storage.join(storage.table_dir(cfg.root, current), "manifest.json")
+        )
+        pub_asof = dt.date.fromisoformat(str(manifest["as_of"]))
+        start = max(gday, pub_asof)
+        reg_info.update(published_as_of=str(pub_asof), days=[str(start), str(day)])
+        common = held_g.filter(pc.greater_equal(held_g["day"], pa.scalar(start, pa.date32())))
+        if common.num_rows:
+            cand_common = hit_rates(cand, common)
+            pub_common = hit_rates(Lookup.load(cfg.root, current), common)
+        else:
+            reg_info["skipped"] = "no held-out day after the published table's as_of"
+    decision = guards.decide(
+        g,
+        {
+            "valid_rate": valid,
+            "hit_rate": guards.check_hit_rate(g, cand_metrics),
+            "regression": guards.check_regression(g, cand_common, pub_common, reg_info),
+        },
+    )
+    decision["holdout_days"] = [str(gday), str(day)]
+    guard_s = time.perf_counter() - t_guard
+
+    summary = {
+        "as_of": str(day),
+        "strategy": strategy,
+        "mode": inf.mode if strategy != "frequency" else None,
+        "n_pairs": len(pairs),
+        "n_rows": table.num_rows,
+        "snapshot": snap_how,
+        "guards": decision,
+        "published": False,
+        "version": None,
+        "current": current,
+    }
+    if llm:
+        summary.update(
+            perf=llm["perf"],
+            pairs_per_s=llm["perf"]["pairs_per_s"],
+            mfu=llm["perf"]["mfu"],
+            adapter=llm["adapter"],
+            free_examples=llm["free_examples"],
+        )
+    if decision["passed"] or not g.enforce:
+        t_pub = time.perf_counter()
+        version = publish.new_version(day, strategy)
+        items, top_items = item_inputs(cfg, day)
+        publish.publish_version(
+            cfg.root,
+            version,
+            table=table,
+            backoff=backoff,
+            catalog=catalog,
+            items=items,
+            top_items=top_items,
+            manifest={
+                "as_of": str(day),
+                "window_days": W,
+                "strategy": strategy,
+                "mode": summary["mode"],
+                "top_k": k,
+                "min_support": inf.min_support,
+                "base_model": cfg.model.name_or_path if strategy != "frequency" else None,
+                "adapter": llm.get("adapter"),
+                "rag_snapshot_day": str(day)
+                if strategy in ("frequency", "rag", "hybrid")
+                else None,
+                "rag_variant": cfg.prompt.rag_variant if uses_rag(strategy) else None,
+                "rag_top": cfg.prompt.rag_top if uses_rag(strategy) else None,
+                "guards": decision,
+                "metrics": {"holdout": cand_metrics, "perf": llm.get("perf")},
+            },
+        )
+        summary.update(
+            published=True, version=version, current=version, publish_s=time.perf_counter() - t_pub
+        )
+        if decision["override"]:
+            log.warning(
+                "published %s although guards failed (guards.enforce=false): %s",
+                version,
+                guards.describe_failures(decision),
+            )
+    else:
+        summary["reason"] = "guard failed: " + guards.describe_failures(decision)
+        log.warning("not published, CURRENT stays %s: %s", current, summary["reason"])
+    summary["seconds"] = {
+        "infer": infer_s,
+        "guards": guard_s,
+        "total": time.perf_counter() - t_start,
+    }
+    storage.write_json(
+        storage.join(storage.report_dir(cfg.root, cfg.report), f"infer-{day}-{strategy}.json"),
+        summary,
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = job_parser(
+        "python -m jobs.infer",
+        "Bulk inference for day d: top-k clusters for every cluster pair, guards, atomic publish.",
+        reads="stats/transitions/, retrieval/ (or builds it), inputs.clusters, inputs.items, "
+        "stats/items/, the model and adapters/",
+        writes="tables/<version>/ and tables/CURRENT (when the guards pass), reports/<report>/infer-*.json",
+    )
+    return run_main(parser, run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The cadence scheduler: what is due on a day, run it, remember it (SYSTEM.md "Data flow").
+
+`python -m jobs.pipeline tick --as-of DAY` runs, for day d: aggregate the new days; a LoRA
+fine-tune when due (fixed: every `finetune_every_days`; adaptive: when the top-5 successors of
+the recent window have drifted from those of the fine-tune's data window, Jaccard under
+`drift_threshold`); a RAG refresh (retrieval snapshot + bulk inference + guards + publish) every
+`rag_every_days` and after every fine-tune. The state lives in `<root>/pipeline/state.json` and
+records each completed step, so a second tick for the same day does nothing, and a failed step
+(an exception or a failed guard) leaves `tables/CURRENT` alone and is retried by the next tick.
+
+`python -m jobs.pipeline replay --start DAY --end DAY --strategies a,b,...` replays the cadence
+over logged history (see jobs/replay.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Any
+
+import pyarrow as pa
+
+from common.cli import InputError, config_from_args, job_parser, setup_logging
+from common.config import Config, ConfigError, PipelineConfig
+from common.storage import exists, pipeline_state, read_current, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+DAY = dt.timedelta(days=1)
+
+
+# ---- pure schedule logic (unit-tested without Ray) -------------------------------------------
+def refresh_due(last_refresh: dt.date | None, day: dt.date, every_days: int) -> bool:
+    """A RAG refresh is due when none was done yet or `every_days` have passed since the last."""
+    return last_refresh is None or (day - last_refresh).days >= every_days
+
+
+def finetune_due(
+    pcfg: PipelineConfig,
+    last_finetune: dt.date | None,
+    day: dt.date,
+    jaccard: float | None = None,
+) -> tuple[bool, str]:
+    """(due, reason). Fixed: every `finetune_every_days`. Adaptive: when the measured Jaccard of
+    the fine-tune's window against the recent one falls under `drift_threshold`, no sooner than
+    `min_finetune_gap_days`, and at the latest after `max_finetune_gap_days` when that is set."""
+    if last_finetune is None:
+        return True, "first"
+    gap = (day - last_finetune).days
+    if pcfg.policy == "fixed":
+        return (gap >= pcfg.finetune_every_days), "calendar"
+    if gap < pcfg.min_finetune_gap_days:
+        return False, "gap"
+    if pcfg.max_finetune_gap_days is not None and gap >= pcfg.max_finetune_gap_days:
+        return True, "max_gap"
+    if jaccard is not None and jaccard < pcfg.drift_threshold:
+        return True, "drift"
+    return False, "stable"
+
+
+def top_successors(transitions: pa.Table, start: dt.date, end: dt.date, top: int, min_support: int):
+    """{(c1, c2): set of its top `top` successors} over the days [start, end), for pairs seen at
+    least `min_support` times there. Ties break by smaller c3 so the sets are deterministic."""
+    import pyarrow.compute as pc
+
+    if transitions.num_rows == 0:
+        return {}
+    mask = pc.and_(
+        pc.greater_equal(transitions["day"], pa.scalar(start, pa.date32())),
+        pc.less(transitions["day"], pa.scalar(end, pa.date32())),
+    )
+    t = transitions.filter(mask)
+    if t.num_rows == 0:
+        return {}
+    t = t.group_by(["c1", "c2", "c3"]).aggregate([("count", "sum")])
+    df = t.to_pandas()
+    support = df.groupby(["c1", "c2"])["count_sum"].transform("sum")
+    df = df[support >= min_support]
+    df = df.sort_values(["c1", "c2", "count_sum", "c3"], ascending=[True, True, False, True])
+    df = df.groupby(["c1", "c2"], sort=False).head(top)
+    out: dict[tuple[int, int], set[int]] = {}
+    for c1, c2, c3 in zip(df["c1"], df["c2"], df["c3"], strict=True):
+        out.setdefault((int(c1), int(c2)), set()).add(int(c3))
+    return out
+
+
+def window_jaccard(
+    transitions: pa.Table,
+    a: tuple[dt.date, dt.date],
+    b: tuple[dt.date, dt.date],
+    min_support: int,
+    top: int = 5,
+) -> float | None:
+    """Mean Jaccard of the top-`top` successor sets of the pairs well supported in both windows
+    (SYSTEM.md "Evaluation": drift); None when no pair qualifies."""
+    sa = top_successors(transitions, a[0], a[1], top, min_support)
+    sb = top_successors(transitions, b[0], b[1], top, min_support)
+    common = sorted(set(sa) & set(sb))
+    if not common:
+        return None
+    return sum(len(sa[p] & sb[p]) / len(sa[p] | sb[p]) for p in common) / len(common)
+
+
+def drift_since_finetune(
+    cfg: Config, transitions: pa.Table, finetune_day: dt.date, day: dt.date
+) -> float | None:
+    """Jaccard between the fine-tune's data window and the recent window (only days < day)."""
+    ft_window = (finetune_day - dt.timedelta(days=cfg.finetune.window_days), finetune_day)
+    recent = (day - dt.timedelta(days=cfg.pipeline.drift_window_days), day)
+    return window_jaccard(transitions, ft_window, recent, cfg.pipeline.drift_min_support)
+
+
+def with_overrides(cfg: Config, **values: Any) -> Config:
+    """A deep copy of cfg with dotted keys replaced (`infer__strategy` for infer.strategy)."""
+    out = cfg.model_copy(deep=True)
+    for key, value in values.items():
+        node = out
+        parts = key.split("__")
+        for part in parts[:-1]:
+            node = getattr(node, part)
+        setattr(node, parts[-1], value)
+    return out
+
+
+# ---- state --------------------------------------------------------------------------------------
+def load_state(root: str) -> dict:
+    uri = pipeline_state(root)
+    if not exists(uri):
+        return {"last_finetune": None, "last_refresh": None, "ticks": {}}
+    return read_json(uri)
+
+
+def save_state(root: str, state: dict) -> None:
+    write_json(pipeline_state(root), state)
+
+
+def _day(value: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(value) if value else None
+
+
+# ---- the steps (each calls another job's run(cfg)) ----------------------------------------------
+def step_aggregate(cfg: Config) -> dict:
+    from jobs import aggregate
+
+    return aggregate.run(cfg)
+
+
+def step_finetune(cfg: Config) -> dict:
+    from jobs import finetune
+
+    return finetune.run(cfg)
+
+
+def step_refresh(cfg: Config) -> dict:
+    """Retrieval snapshot for the day, then bulk inference, guards and publish (jobs.infer)."""
+    from jobs import infer, retrieve
+
+    before = read_current(cfg.root)
+    snap = retrieve.run(cfg)
+    result = infer.run(cfg)
+    after = read_current(cfg.root)
+    published = result.get("published", after != before)
+    if not published:
+        raise GuardFailed(f"not published: {json.dumps(result.get('guards', result), default=str)}")
+    return {"retrieve": snap, "infer": result, "version": after}
+
+
+class GuardFailed(RuntimeError):
+    """Inference ran but a guard stopped the publish; CURRENT did not move."""
+
+
+STEPS = {"aggregate": step_aggregate, "finetune": step_finetune, "refresh": step_refresh}
+
+
+def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
+    """{step: reason} of what is due on `day`, from the state before the tick."""
+    pcfg = cfg.pipeline
+    plan = {"aggregate": "new days"}
+    last_ft = _day(state.get("last_finetune", {}) and state["last_finetune"].get("day"))
+    jaccard = None
+    if pcfg.policy == "adaptive" and last_ft is not None:
+        from common.transitions import read_transitions
+
+        lo = min(
+            last_ft - dt.timedelta(days=cfg.finetune.window_days),
+            day - dt.timedelta(days=pcfg.drift_window_days),
+        )
+        jaccard = drift_since_finetune(cfg, read_transitions(cfg.root, lo, day), last_ft, day)
+    due, reason = finetune_due(pcfg, last_ft, day, jaccard)
+    if due:
+        plan["finetune"] = reason if jaccard is None else f"{reason} (jaccard={jaccard:.3f})"
+    last_refresh = _day(state.get("last_refresh", {}) and state["last_refresh"].get("day"))
+    if due or refresh_due(last_refresh, day, pcfg.rag_every_days):
+        plan["refresh"] = "after fine-tune" if due else "calendar"
+    return plan
+
+
+def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
+    """Run what is due on `day`; idempotent; a failed step is recorded and retried next time."""
+    steps = steps or STEPS
+    state = load_state(cfg.root)
+    key = day.isoformat()
+    record = state["ticks"].get(key)
+    if record and record["status"] == "done":
+        return {"day": key, "status": "done", "noop": True, "steps": record["steps"]}
+    if record is None:
+        record = {"plan": plan_tick(cfg, state, day), "steps": {}, "status": "running"}
+        state["ticks"][key] = record
+    day_cfg = with_overrides(cfg, as_of=day)
+    for name in ("aggregate", "finetune", "refresh"):
+        if name not in record["plan"] or record["steps"].get(name, {}).get("status") == "done":
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = steps[name](day_cfg)
+        except Exception as e:  # recorded, then the tick stops: later steps depend on this one
+            log.error("tick %s: step %s failed: %s", key, name, e)
+            record["steps"][name] = {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}"[:2000],
+                "trace": traceback.format_exc(limit=5)[-4000:],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            record["status"] = "failed"
+            save_state(cfg.root, state)
+            return {
+                "day": key,
+                "status": "failed",
+                "failed_step": name,
+                "error": record["steps"][name]["error"],
+                "plan": record["plan"],
+            }
+        record["steps"][name] = {
+            "status": "done",
+            "seconds": round(time.perf_counter() - t0, 3),
+            "result": _small(result),
+        }
+        if name == "finetune":
+            state["last_finetune"] = {"day": key, "adapter": _find(result, "adapter", "version")}
+        if name == "refresh":
+            state["last_refresh"] = {"day": key, "version": result.get("version")}
+        save_state(cfg.root, state)
+    record["status"] = "done"
+    save_state(cfg.root, state)
+    return {
+        "day": key,
+        "status": "done",
+        "noop": False,
+        "plan": record["plan"],
+        "current": read_current(cfg.root),
+    }
+
+
+def _find(result: dict, *keys: str):
+    for k in keys:
+        if isinstance(result, dict) and result.get(k) is not None:
+            return result[k]
+    return None
+
+
+def _small(result: Any) -> Any:
+    """A JSON-safe summary of a step's result, bounded in size for the state file."""
+    text = json.dumps(result, default=str)
+    return json.loads(text) if len(text) < 20_000 else {"truncated": text[:2000]}
+
+
+# ---- command line -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = job_parser(
+        "python -m jobs.pipeline",
+        "The hybrid cadence: `tick` runs what is due on a day; `replay` compares strategies "
+        "over logged history.",
+        reads="inputs.*, <root>/stats/, <root>/adapters/, <root>/pipeline/state.json",
+        writes="tick: <root>/stats, adapters, retrieval, tables (+CURRENT), pipeline/state.json; "
+        "replay: <root>/reports/<report>/ (metrics.json, plots, work/)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tick", help="Run what is due for one day (idempotent).")
+    t.add_argument("--as-of", required=True, type=dt.date.fromisoformat, metavar="DAY")
+    r = sub.add_parser("replay", help="Replay the cadence day by day for several strategies.")
+    r.add_argument("--start", type=dt.date.fromisoformat, metavar="DAY")
+    r.add_argument("--end", type=dt.date.fromisoformat, metavar="DAY", help="exclusive")
+    r.add_argument("--strategies", help="comma-separated: " + ",".join(PipelineConfig().strategies))
+    # Let --config/--set come after the subcommand too.
+    for p in (t, r):
+        p.add_argument("--config", dest="sub_config", metavar="FILE")
+        p.add_argument(
+            "--set", dest="sub_overrides", action="append", default=[], metavar="KEY=VALUE"
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    args.config = args.sub_config or args.config
+    args.overrides = list(args.overrides) + list(args.sub_overrides)
+    cfg = config_from_args(args)
+    try:
+        if args.command == "tick":
+            summary = tick(cfg, args.as_of)
+        else:
+            from jobs.replay import replay
+
+            strategies = args.strategies.split(",") if args.strategies else None
+            summary = replay(cfg, args.start, args.end, strategies)
+    except (ConfigError, InputError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(summary, default=str, sort_keys=True))
+    if summary.get("status") == "failed":
+        sys.exit(1)
+    return summary
+
+
+def run(cfg: Config) -> dict:
+    """A tick for cfg.as_of (default: today, UTC), for callers that hold a Config."""
+    return tick(cfg, cfg.as_of or dt.datetime.now(dt.UTC).date())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""Replay of the cadence over logged history, for every strategy of SYSTEM.md "Evaluation".
+
+The clock advances one day at a time over [start, end). Before anything is built for day d, the
+daily counts of the days < d (and nothing later) are copied from `<root>/stats/` into the replay's
+own work root (`<root>/reports/<report>/work/`), and every build for day d reads that work root
+only: no table that serves day d can see an event of day d or later, whatever the jobs do.
+
+What each strategy builds (the schedule is `plan_builds`, a pure function):
+- `frequency`: the retrieved successors alone, a table every `rag_every_days`;
+- `base`: the base model without RAG, one table at the start (it sees no data to change with);
+- `rag`: the base model with RAG, every `rag_every_days`;
+- `ft_once`: an adapter fine-tuned at the start and its table without RAG, never refreshed;
+- `ft_monthly`: an adapter and its table without RAG every `finetune_every_days`;
+- `hybrid`: the monthly adapters with RAG, a table every `rag_every_days`;
+- `adaptive`: a fine-tune when the measured drift since the last one crosses `drift_threshold`
+  (jobs.pipeline.finetune_due with policy=adaptive), RAG every `rag_every_days`.
+One adapter per fine-tune day is trained once and shared by every strategy that uses it; one
+retrieval snapshot per day is shared by every strategy built that day. Each day's events are
+scored against each strategy's table in effect (with backoff) -> metrics.json + plots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from common.cli import InputError
+from common.config import Config
+from common.lookup import Lookup
+from common.storage import (
+    adapters_dir,
+    arrow_fs_for,
+    exists,
+    join,
+    list_dirs,
+    read_current,
+    read_json,
+    read_text,
+    remove,
+    report_dir,
+    write_json,
+)
+from common.transitions import list_days, read_transitions
+from jobs.evaluate import add_counts, hit_counts, manifest_of, rates, valid_rate_of
+from jobs.pipeline import drift_since_finetune, finetune_due, window_jaccard, with_overrides
+
+log = logging.getLogger(__name__)
+
+DAY = dt.timedelta(days=1)
+STRATEGIES = ("frequency", "base", "rag", "ft_once", "ft_monthly", "hybrid", "adaptive")
+# The jobs.infer strategy each replay strategy builds its tables with.
+INFER_STRATEGY = {
+    "frequency": "frequency",
+    "base": "base",
+    "rag": "rag",
+    "ft_once": "ft",
+    "ft_monthly": "ft",
+    "hybrid": "hybrid",
+    "adaptive": "hybrid",
+}
+USES_RAG = {"frequency", "rag", "hybrid", "adaptive"}
+
+
+def serving_days(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + i * DAY for i in range((end - start).days)]
+
+
+def plan_builds(strategy: str, start: dt.date, end: dt.date, rag_every: int, ft_every: int):
+    """({build days}, {fine-tune days}) of a calendar strategy over [start, end); adaptive's
+    fine-tune days are decided during the replay from measured drift (its refreshes are here)."""
+    days = serving_days(start, end)
+    rag_days = {d for i, d in enumerate(days) if i % rag_every == 0}
+    monthly = {d for i, d in enumerate(days) if i % ft_every == 0}
+    if strategy == "frequency" or strategy == "rag":
+        return rag_days, set()
+    if strategy == "base":
+        return {start}, set()
+    if strategy == "ft_once":
+        return {start}, {start}
+    if strategy == "ft_monthly":
+        return set(monthly), monthly
+    if strategy == "hybrid":
+        return rag_days | monthly, monthly
+    if strategy == "adaptive":
+        return rag_days, set()
+    raise InputError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+
+
+def in_effect(builds: list[tuple[dt.date, str]], day: dt.date) -> str | None:
+    """The version serving `day`: the last one built for a day <= day (builds sorted by day)."""
+    current = None
+    for built, version in builds:
+        if built <= day:
+            current = version
+    return current
+
+
+@dataclass
+class StrategyLog:
+    builds: list[tuple[dt.date, str]] = field(default_factory=list)
+    finetune_days: list[dt.date] = field(default_factory=list)
+    compute_seconds: float = 0.0
+    valid_rates: list[float] = field(default_factory=list)
+
+
+def copy_days_before(src_root: str, dst_root: str, day: dt.date, done: set[dt.date]) -> None:
+    """Copy the daily count folders (transitions, and item counts when present) of days < day."""
+    for sub in ("transitions", "items"):
+        src_base = join(src_root, "stats", sub)
+        if not exists(src_base):
+            continue
+        src_fs, src_path = arrow_fs_for(src_base)
+        dst_fs, dst_path = arrow_fs_for(join(dst_root, "stats", sub))
+        for name in list_dirs(src_base):
+            if not name.startswith("day=") or (sub, name) in done:
+                continue
+            if dt.date.fromisoformat(name.split("=", 1)[1]) >= day:
+                continue
+            dst_fs.create_dir(f"{dst_path}/{name}", recursive=True)
+            pa.fs.copy_files(
+                f"{src_path}/{name}",
+                f"{dst_path}/{name}",
+                source_filesystem=src_fs,
+                destination_filesystem=dst_fs,
+            )
+            done.add((sub, name))
+
+
+class Replayer:
+    """Builds (and caches) snapshots, adapters and tables in the work root, timing each.
+
+    Adapters are recorded in `<work>/replay_adapters.json` under the fine-tune day and a key of
+    the fine-tune and model config, so replays that share a work root train each one once (an
+    adapter for day f reads only [f - W, f): valid for any replay that serves days >= f).
+    """
+
+    def __init__(self, cfg: Config, work: str):
+        self.cfg = with_overrides(
+            cfg,
+            root=work,
+            # Every strategy's table is measured; the guards' verdicts are recorded, not enforced.
+            guards__enforce=False,
+        )
+        self.work = work
+        self.snapshots: dict[dt.date, float] = {}
+        self.index_uri = join(work, "replay_adapters.json")
+        self.index = read_json(self.index_uri) if exists(self.index_uri) else {}
+        # Tables are cached the same way (replay_tables.json): replays of one source root that
+        # share a work root and build the same table for the same day build it once.
+        self.tables_uri = join(work, "replay_tables.json")
+        self.tables = read_json(self.tables_uri) if exists(self.tables_uri) else {}
+        self.key = hashlib.sha1(
+            json.dumps(
+                [
+                    cfg.finetune.model_dump(mode="json"),
+                    cfg.model.name_or_path,
+                    cfg.prompt.model_dump(mode="json"),
+                ],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:12]
+
+    def snapshot(self, day: dt.date) -> float:
+        """Build the retrieval snapshot for day once; seconds it took (charged to its users)."""
+        if day not in self.snapshots:
+            from jobs import retrieve
+
+            t0 = time.perf_counter()
+            retrieve.run(with_overrides(self.cfg, as_of=day))
+            self.snapshots[day] = time.perf_counter() - t0
+        return self.snapshots[day]
+
+    def adapter(self, day: dt.date) -> tuple[str, float]:
+        """(adapter dir, seconds) of the fine-tune on [day - W, day), trained once."""
+        entry = f"{day.isoformat()}/{self.key}"
+        if entry not in self.index:
+            from jobs import finetune
+
+            t0 = time.perf_counter()
+            result = finetune.run(with_overrides(self.cfg, as_of=day))
+            path = adapter_path(self.work, result)
+            self.index[entry] = {"path": path, "seconds": round(time.perf_counter() - t0, 3)}
+            write_json(self.index_uri, self.index)
+        return self.index[entry]["path"], float(self.index[entry]["seconds"])
+
+    def table(self, day: dt.date, strategy: str, adapter: str | None) -> tuple[str, float, dict]:
+        """(version, seconds, result) of one table built for `day` with the infer strategy."""
+        from jobs import infer
+
+        cfg = with_overrides(self.cfg, as_of=day, infer__strategy=strategy, infer__adapter=adapter)
+        key = table_key(cfg)
+        if key in self.tables and exists(join(self.work, "tables", self.tables[key]["version"])):
+            hit = self.tables[key]
+            return hit["version"], float(hit["seconds"]), {"cached": True}
+        t0 = time.perf_counter()
+        result = infer.run(cfg)
+        seconds = time.perf_counter() - t0
+        version = result.get("version") or read_current(self.work)
+        self.tables[key] = {"version": version, "seconds": round(seconds, 3)}
+        write_json(self.tables_uri, self.tables)
+        return version, seconds, result
+
+
+def table_key(cfg: Config) -> str:
+    """What a table depends on: the day, the infer/prompt/retrieval/model settings, the adapter.
+    The work root's counts for days < d are the same in every replay of one source root."""
+    parts = [
+        str(cfg.as_of),
+        cfg.infer.model_dump(mode="json"),
+        cfg.prompt.model_dump(mode="json"),
+        cfg.retrieval.model_dump(mode="json"),
+        cfg.model.model_dump(mode="json"),
+        cfg.guards.model_dump(mode="json"),
+    ]
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def adapter_path(root: str, result: dict) -> str:
+    """The adapter folder a jobs.finetune result names (a path, or a version under adapters/)."""
+    for key in ("adapter_dir", "adapter_path", "path", "adapter", "version"):
+        value = result.get(key)
+        if value:
+            value = str(value)
+            if "/" in value:
+                return value
+            return join(adapters_dir(root), value)
+    latest = join(adapters_dir(root), "LATEST")
+    return join(adapters_dir(root), read_text(latest).strip())
+
+
+def replay(
+    cfg: Config,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    strategies: list[str] | None = None,
+) -> dict:
+    pcfg = cfg.pipeline
+    strategies = list(strategies or pcfg.strategies)
+    for s in strategies:
+        plan_builds(s, dt.date(2000, 1, 1), dt.date(2000, 1, 2), 1, 1)  # validates the name
+    days_with_counts = list_days(cfg.root)
+    if not days_with_counts:
+        raise InputError(f"no transition counts under {cfg.root}: run jobs.aggregate first")
+    end = end or pcfg.end or days_with_counts[-1] + DAY
+    start = (
+        start
+        or pcfg.start
+        or max(days_with_counts[0] + dt.timedelta(days=cfg.finetune.window_days), end - 14 * DAY)
+    )
+    if start >= end:
+        raise InputError(f"replay start {start} is not before end {end}")
+    out_dir = report_dir(cfg.root, cfg.report)
+    work = pcfg.work_root or join(out_dir, "work")
+    # The work root's counts are rebuilt day by day from nothing: what a build sees is what the
+    # clock allows, even when the work root is shared with an earlier replay.
+    remove(join(work, "stats"))
+    remove(join(work, "retrieval"))
+    rep = Replayer(cfg, work)
+    ks = sorted(set(pcfg.ks))
+    t_all = time.perf_counter()
+
+    plans = {
+        s: plan_builds(s, start, end, pcfg.rag_every_days, pcfg.finetune_every_days)
+        for s in strategies
+    }
+    logs = {s: StrategyLog() for s in strategies}
+    all_counts = read_transitions(cfg.root, None, end)  # drift needs history; filtered by day below
+    copied: set = set()
+    adaptive_cfg = with_overrides(cfg, pipeline__policy="adaptive")
+    drift_by_day: dict[str, dict] = {}
+
+    for day in tqdm(serving_days(start, end), desc="replay days", unit="day"):
+        copy_days_before(cfg.root, work, day, copied)
+        history = all_counts.filter(pa.compute.less(all_counts["day"], pa.scalar(day, pa.date32())))
+        w = cfg.aggregate.drift_window_days
+        month = window_jaccard(
+            history,
+            (day - 2 * w * DAY, day - w * DAY),
+            (day - w * DAY, day),
+            cfg.aggregate.drift_min_support,
+        )
+        drift_by_day[day.isoformat()] = {"month_over_month_jaccard": month}
+        for s in strategies:
+            builds, ft_days = plans[s]
+            slog = logs[s]
+            if s == "adaptive":
+                last = slog.finetune_days[-1] if slog.finetune_days else None
+                jac = drift_since_finetune(cfg, history, last, day) if last else None
+                due, reason = finetune_due(adaptive_cfg.pipeline, last, day, jac)
+                drift_by_day[day.isoformat()]["adaptive_jaccard"] = jac
+                if due:
+                    ft_days = ft_days | {day}
+                    builds = builds | {day}
+                    log.info("adaptive: fine-tune on %s (%s, jaccard=%s)", day, reason, jac)
+            if day not in builds:
+                continue
+            seconds = 0.0
+            adapter = None
+            if s in ("ft_once", "ft_monthly", "hybrid", "adaptive"):
+                if day in ft_days:
+                    slog.finetune_days.append(day)
+                    _, ft_seconds = rep.adapter(day)
+                    seconds += ft_seconds
+                adapter = rep.adapter(slog.finetune_days[-1])[0]
+            if s in USES_RAG or s in ("ft_once", "ft_monthly", "base"):
+                # Every table needs the day's snapshot (pairs, backoff); only RAG users pay for it.
+                snap_seconds = rep.snapshot(day)
+                if s in USES_RAG:
+                    seconds += snap_seconds
+            version, t_seconds, result = rep.table(day, INFER_STRATEGY[s], adapter)
+            seconds += t_seconds
+            slog.builds.append((day, version))
+            slog.compute_seconds += seconds
+            manifest = manifest_of(work, version)
+            valid = valid_rate_of(manifest)
+            slog.valid_rates.append(valid if valid is not None else 1.0)
+
+    # Score every day against each strategy's table in effect.
+    lookups: dict[str, Lookup] = {}
+    metrics: dict[str, dict] = {}
+    timeline: dict[str, dict[str, dict]] = {s: {} for s in strategies}
+    for s in tqdm(strategies, desc="scoring", unit="strategy"):
+        total: dict = {}
+        for day in serving_days(start, end):
+            version = in_effect(logs[s].builds, day)
+            events = read_day(all_counts, day)
+            if version is None or events.num_rows == 0:
+                continue
+            if version not in lookups:
+                lookups[version] = Lookup.load(work, version)
+            counts = hit_counts(lookups[version], events, ks)
+            total = add_counts(total, counts)
+            timeline[s][day.isoformat()] = {**rates(counts, ks), "version": version}
+        slog = logs[s]
+        metrics[s] = {
+            **rates(total, ks),
+            "valid_rate": sum(slog.valid_rates) / len(slog.valid_rates)
+            if slog.valid_rates
+            else 0.0,
+            "compute_seconds": round(slog.compute_seconds, 3),
+            "n_tables": len(slog.builds),
+            "n_finetunes": len(slog.finetune_days),
+            "finetune_days": [d.isoformat() for d in slog.finetune_days],
+        }
+    summary = {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "strategies": strategies,
+        "config": {
+            "rag_every_days": pcfg.rag_every_days,
+            "finetune_every_days": pcfg.finetune_every_days,
+            "drift_threshold": pcfg.drift_threshold,
+            "retrieval_window_days": cfg.retrieval.window_days,
+            "model": cfg.model.name_or_path,
+        },
+        "wall_seconds": round(time.perf_counter() - t_all, 1),
+    }
+    write_json(join(out_dir, "metrics.json"), metrics)
+    write_json(
+        join(out_dir, "timeline.json"),
+        {"summary": summary, "hit_rates": timeline, "drift": drift_by_day},
+    )
+    plots = plot_replay(out_dir, metrics, timeline, drift_by_day, ks)
+    return {
+        "report": out_dir,
+        **summary,
+        "plots": plots,
+        "metrics": {
+            s: {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in m.items()
+                if k.startswith("hit_rate") or k in ("n_finetunes", "compute_seconds")
+            }
+            for s, m in metrics.items()
+        },
+    }
+
+
+def read_day(all_counts: pa.Table, day: dt.date) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return all_counts.filter(pc.equal(all_counts["day"], pa.scalar(day, pa.date32())))
+
+
+def _save(fig, uri: str) -> str:
+    """Save a matplotlib figure to a local path or s3:// URI."""
+    import io
+
+    from common.storage import fsspec_for, makedirs
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    makedirs(uri.rsplit("/", 1)[0])
+    fs, path = fsspec_for(uri)
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return uri
+
+
+def plot_replay(
+    out_dir: str, metrics: dict, timeline: dict, drift: dict, ks: list[int]
+) -> list[str]:
+    """hit_rate_over_time.png, drift_over_time.png, compute_per_strategy.png under out_dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = 5 if 5 in ks else ks[-1]
+    paths = []
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for s, days in timeline.items():
+        xs = sorted(days)
+        ax.plot(
+            [dt.date.fromisoformat(x) for x in xs],
+            [days[x][f"hit_rate@{k}"] for x in xs],
+            marker=".",
+            label=s,
+        )
+    ax.set_ylabel(f"hit rate@{k}")
+    ax.set_title(f"hit rate@{k} per served day")
+    ax.legend(fontsize=8, ncol=2)
+    fig.autofmt_xdate()
+    paths.append(_save(fig, join(out_dir, "hit_rate_over_time.png")))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    xs = sorted(drift)
+    for key, label in (
+        ("month_over_month_jaccard", "consecutive 30-day windows"),
+        ("adaptive_jaccard", "adaptive: fine-tune window vs recent"),
+    ):
+        pts = [(dt.date.fromisoformat(x), drift[x].get(key)) for x in xs]
+        pts = [(x, y) for x, y in pts if y is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    for d in metrics.get("adaptive", {}).get("finetune_days", []):
+        ax.axvline(dt.date.fromisoformat(d), color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("mean Jaccard of top-5 successors")
+    ax.set_title("drift (dashed: adaptive fine-tunes)")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    paths.append(_save(fig, join(out_dir, "drift_over_time.png")))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = list(metrics)
+    ax.bar(names, [metrics[s]["compute_seconds"] for s in names])
+    for i, s in enumerate(names):
+        ax.text(
+            i,
+            metrics[s]["compute_seconds"],
+            f"{metrics[s]['n_finetunes']} ft",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_ylabel("compute seconds (builds + fine-tunes)")
+    ax.set_title("compute spent per strategy")
+    paths.append(_save(fig, join(out_dir, "compute_per_strategy.png")))
+    plt.close(fig)
+    return paths

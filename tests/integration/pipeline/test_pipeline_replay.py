@@ -1,0 +1,119 @@
+"""Replay: no table serving day d sees day d or later; every strategy measured; adapters shared."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pyarrow as pa
+import pytest
+
+from common import schemas
+from common.config import load_config
+from common.lookup import Lookup
+from common.storage import join, read_json
+from common.tables_io import write_parquet
+from common.transitions import day_dir, read_transitions
+from jobs.replay import replay
+
+from .conftest import START
+
+pytestmark = pytest.mark.ray
+
+D = START + dt.timedelta(days=20)
+
+
+def served_on(root: str, report: str, strategy: str, day: dt.date) -> Lookup:
+    timeline = read_json(join(root, "reports", report, "timeline.json"))
+    version = timeline["hit_rates"][strategy][day.isoformat()]["version"]
+    return Lookup.load(join(root, "reports", report, "work"), version)
+
+
+def plant(root: str, day: dt.date, c1: int, c2: int, c3: int, n: int) -> None:
+    """Add n transitions (c1, c2) -> c3 on `day`, as an extra file of that day's counts."""
+    t = pa.Table.from_pylist(
+        [dict(day=day, c1=c1, c2=c2, c3=c3, count=n)], schema=schemas.TRANSITIONS
+    )
+    write_parquet(t, join(day_dir(root, day), "planted.parquet"))
+
+
+def test_replay_has_no_leakage(sim_copy):
+    root, overrides = sim_copy
+    cfg = load_config(None, overrides + ["pipeline.rag_every_days=2"])
+    # The pair most seen before D, and a successor it never leads to in the window.
+    window = read_transitions(root, D - dt.timedelta(days=4), D)
+    by_pair = window.group_by(["c1", "c2"]).aggregate([("count", "sum")])
+    by_pair = by_pair.sort_by([("count_sum", "descending")])
+    c1, c2 = by_pair["c1"][0].as_py(), by_pair["c2"][0].as_py()
+    clean = replay(
+        cfg.model_copy(update={"report": "clean"}), D, D + dt.timedelta(days=2), ["frequency"]
+    )
+    before = served_on(root, "clean", "frequency", D).answer(c1, c2, 10)[1]
+    target = next(c for c in range(8) if c not in (c1, c2) and c != before[0][0])
+
+    # Planted on day D itself (and D + 1): the table serving D must not change.
+    plant(root, D, c1, c2, target, 100_000)
+    plant(root, D + dt.timedelta(days=1), c1, c2, target, 100_000)
+    future = replay(
+        cfg.model_copy(update={"report": "future"}), D, D + dt.timedelta(days=2), ["frequency"]
+    )
+    assert served_on(root, "future", "frequency", D).answer(c1, c2, 10)[1] == before
+    # ...but the events of day D are scored: the planted misses sink the hit rate of day D.
+    assert (
+        future["metrics"]["frequency"]["hit_rate@1"] < clean["metrics"]["frequency"]["hit_rate@1"]
+    )
+
+    # Control: the same events one day earlier do change the answer for D.
+    plant(root, D - dt.timedelta(days=1), c1, c2, target, 100_000)
+    replay(cfg.model_copy(update={"report": "past"}), D, D + dt.timedelta(days=2), ["frequency"])
+    assert served_on(root, "past", "frequency", D).answer(c1, c2, 10)[1][0][0] == target
+
+
+def test_replay_all_strategies_share_adapters_and_write_the_report(sim_copy):
+    root, overrides = sim_copy
+    cfg = load_config(
+        None,
+        overrides
+        + [
+            "report=cmp",
+            "pipeline.rag_every_days=2",
+            "pipeline.finetune_every_days=2",
+            # Adaptive: never on drift here (unit-tested), at the latest every 3 days.
+            "pipeline.drift_threshold=0.0",
+            "pipeline.min_finetune_gap_days=1",
+            "pipeline.max_finetune_gap_days=3",
+        ],
+    )
+    start, end = D, D + dt.timedelta(days=4)
+    out = replay(
+        cfg, start, end, ["frequency", "base", "ft_once", "ft_monthly", "hybrid", "adaptive"]
+    )
+    m = read_json(join(root, "reports", "cmp", "metrics.json"))
+    assert set(m) == {"frequency", "base", "ft_once", "ft_monthly", "hybrid", "adaptive"}
+    n_events = int(read_transitions(root, start, end)["count"].to_numpy().sum())
+    for s, row in m.items():
+        assert row["n_events"] == n_events, s
+        for key in ("hit_rate@1", "hit_rate@5", "hit_rate@10", "valid_rate", "coverage"):
+            assert 0.0 <= row[key] <= 1.0, (s, key)
+        assert row["hit_rate@1"] <= row["hit_rate@5"] <= row["hit_rate@10"]
+        assert row["compute_seconds"] > 0
+    assert m["ft_once"]["finetune_days"] == [start.isoformat()]
+    monthly = [start.isoformat(), (start + dt.timedelta(days=2)).isoformat()]
+    assert m["ft_monthly"]["finetune_days"] == monthly == m["hybrid"]["finetune_days"]
+    assert m["adaptive"]["finetune_days"] == [
+        start.isoformat(),
+        (start + dt.timedelta(days=3)).isoformat(),
+    ]
+    assert (m["base"]["n_tables"], m["ft_once"]["n_tables"], m["hybrid"]["n_tables"]) == (1, 1, 2)
+    # One adapter per fine-tune day, shared by the strategies: days start, +2, +3.
+    index = read_json(join(root, "reports", "cmp", "work", "replay_adapters.json"))
+    assert sorted(k.split("/")[0] for k in index) == sorted(
+        {
+            start.isoformat(),
+            (start + dt.timedelta(days=2)).isoformat(),
+            (start + dt.timedelta(days=3)).isoformat(),
+        }
+    )
+    for name in ("hit_rate_over_time.png", "drift_over_time.png", "compute_per_strategy.png"):
+        assert os.path.getsize(join(root, "reports", "cmp", name)) > 1000
+    assert out["start"] == start.isoformat()

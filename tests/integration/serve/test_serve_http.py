@@ -1,0 +1,192 @@
+"""The Serve app over real HTTP on 127.0.0.1: contract answers, backoff, batch == single,
+item grounding, every bad input a 4xx with a message, the no-table state, hot swap under load."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_tables import V1_PAIRS, V2_PAIRS, expected, name, write_version
+
+from common import storage  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.serve]
+
+PAIRS = {"v1": V1_PAIRS, "v2": V2_PAIRS}
+
+
+def check_answer(body: dict, c1: int, c2: int, k: int) -> None:
+    """The body is exactly the contract answer of the version it names."""
+    source, picked = expected(PAIRS[body["version"]], c1, c2, k)
+    assert body == {
+        "version": body["version"],
+        "history": [c1, c2],
+        "source": source,
+        "clusters": [{"cluster_id": c, "name": name(c), "score": s} for c, s in picked],
+    }
+
+
+def test_every_pair_answers_per_contract_with_backoff(serve_app):
+    c = serve_app.client
+    sources = set()
+    for c1 in range(10):
+        for c2 in range(10):
+            r = c.get(f"{serve_app.url}/v1/next", params={"history": f"{c1},{c2}", "k": 3})
+            assert r.status_code == 200, r.text
+            check_answer(r.json(), c1, c2, 3)
+            sources.add(r.json()["source"])
+    assert sources == {"llm", "frequency", "backoff", "backoff_c2", "backoff_global"}
+    # Worked examples: longer history (last two, repeats collapsed) and the default k.
+    r = c.get(f"{serve_app.url}/v1/next", params={"history": "0,9,1,2,2"})
+    check_answer(r.json(), 1, 2, 10)
+    r = c.get(f"{serve_app.url}/v1/next", params={"history": "5,2", "k": 5}).json()
+    assert (r["source"], [x["cluster_id"] for x in r["clusters"]]) == ("backoff_c2", [1, 6, 7])
+    r = c.get(f"{serve_app.url}/v1/next", params={"history": "1,9", "k": 5}).json()
+    assert (r["source"], [x["cluster_id"] for x in r["clusters"]]) == ("backoff_global", [0, 2, 8])
+
+
+def test_batch_equals_single_in_order(serve_app):
+    c = serve_app.client
+    rng = random.Random(0)
+    histories = [[rng.randrange(10) for _ in range(rng.randrange(2, 6))] for _ in range(40)]
+    r = c.post(f"{serve_app.url}/v1/next", json={"histories": histories, "k": 4})
+    assert r.status_code == 200, r.text
+    batch = r.json()
+    assert len(batch["results"]) == 40
+    for h, answer in zip(histories, batch["results"], strict=True):
+        assert answer["version"] == batch["version"]
+        single = c.get(
+            f"{serve_app.url}/v1/next", params={"history": ",".join(map(str, h)), "k": 4}
+        ).json()
+        if single["version"] == answer["version"]:
+            assert single == answer
+
+
+def test_recommend_grounds_items(serve_app):
+    r = serve_app.client.get(
+        f"{serve_app.url}/v1/recommend", params={"items": "i1-0,zzz,i2-3,i2-1", "k": 2, "n": 2}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    source, picked = expected(PAIRS[body["version"]], 1, 2, 2)
+    assert body["history"] == [1, 2] and body["source"] == source
+    assert body["unknown_items"] == ["zzz"]
+    assert body["clusters"] == [
+        {"cluster_id": c, "name": name(c), "score": s, "items": [f"i{c}-0", f"i{c}-1"]}
+        for c, s in picked
+    ]
+
+
+BAD = [
+    ("get", "/v1/next", {}, 400, "missing"),
+    ("get", "/v1/next", {"history": ""}, 400, "missing"),
+    ("get", "/v1/next", {"history": "3"}, 400, "at least two"),
+    ("get", "/v1/next", {"history": "1,abc"}, 400, "not an integer"),
+    ("get", "/v1/next", {"history": "1,2.0"}, 400, "not an integer"),
+    ("get", "/v1/next", {"history": "1,999"}, 400, "unknown cluster"),
+    ("get", "/v1/next", {"history": "-5,2"}, 400, "unknown cluster"),
+    ("get", "/v1/next", {"history": "1,2", "k": 0}, 400, "out of range"),
+    ("get", "/v1/next", {"history": "1,2", "k": 21}, 400, "out of range"),
+    ("get", "/v1/next", {"history": "1,2", "k": "ten"}, 422, "int"),
+    ("get", "/v1/next", {"history": ",".join(["1", "2"] * 60)}, 400, "at most 100"),
+    ("get", "/v1/next", {"history": ",".join(["1"] * 5000)}, 400, "too long"),
+    ("post", "/v1/next", {"histories": [[1, 2]], "k": 99}, 400, "out of range"),
+    ("post", "/v1/next", {"histories": [[1, 2], [3]]}, 400, "histories[1]"),
+    ("post", "/v1/next", {"histories": [[1, 2], [3, 77]]}, 400, "histories[1]: unknown"),
+    ("post", "/v1/next", {"histories": [[1, "x"]]}, 422, "integer"),
+    ("post", "/v1/next", {"histories": [[1, 2.5]]}, 422, "integer"),
+    ("post", "/v1/next", {"histories": [[1, 2]] * 51}, 400, "at most 50"),
+    ("post", "/v1/next", {"k": 3}, 422, "histories"),
+    ("post", "/v1/next", {"histories": "1,2"}, 422, "list"),
+    ("post", "/v1/next", b"{not json", 422, "JSON"),
+    ("post", "/v1/next", b"", 422, ""),
+    ("get", "/v1/recommend", {}, 400, "items is missing"),
+    ("get", "/v1/recommend", {"items": "nope,nada"}, 400, "none of the 2"),
+    ("get", "/v1/recommend", {"items": "i1-0", "n": 0}, 400, "out of range"),
+    ("get", "/v1/recommend", {"items": "i1-0", "k": 100}, 400, "out of range"),
+    ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 21)}, 400, "1..20"),
+]
+
+
+@pytest.mark.parametrize("method, path, data, status, message", BAD)
+def test_bad_input_is_a_4xx_with_a_message(serve_app, method, path, data, status, message):
+    url = serve_app.url + path
+    if method == "get":
+        r = serve_app.client.get(url, params=data)
+    elif isinstance(data, bytes):
+        r = serve_app.client.post(url, content=data, headers={"content-type": "application/json"})
+    else:
+        r = serve_app.client.post(url, json=data)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert message in (detail if isinstance(detail, str) else str(detail))
+
+
+def test_no_table_then_first_publish(serve_app):
+    c, url = serve_app.client, serve_app.url + "/empty"
+    health = c.get(f"{url}/v1/healthz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "no table" and health.json()["version"] is None
+    for r in (
+        c.get(f"{url}/v1/next", params={"history": "1,2"}),
+        c.post(f"{url}/v1/next", json={"histories": [[1, 2]]}),
+        c.get(f"{url}/v1/recommend", params={"items": "i1-0"}),
+    ):
+        assert r.status_code == 503 and "no table published yet" in r.json()["detail"]
+    write_version(serve_app.empty_root, "first")
+    deadline = time.monotonic() + 30
+    while c.get(f"{url}/v1/healthz").json()["version"] != "first":
+        assert time.monotonic() < deadline, "first publish not picked up in 30 s"
+        time.sleep(0.1)
+    r = c.get(f"{url}/v1/next", params={"history": "1,2", "k": 1}).json()
+    assert (r["version"], r["clusters"][0]["cluster_id"]) == ("first", 3)
+
+
+def test_hot_swap_under_load_has_no_failed_request(serve_app):
+    """5 clients x 600 requests; v2 (and then a broken version) are published mid-load."""
+    url, root = serve_app.url, serve_app.root
+    current = serve_app.client.get(f"{url}/v1/healthz").json()["version"]
+    new = "v2" if current == "v1" else "v1"
+    results: list[list[tuple[float, int, dict | str, int, int]]] = [[] for _ in range(5)]
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        with httpx.Client(timeout=30) as c:
+            for _ in range(600):
+                c1, c2 = rng.randrange(10), rng.randrange(10)
+                r = c.get(f"{url}/v1/next", params={"history": f"{c1},{c2}", "k": 3})
+                body = r.json() if r.status_code == 200 else r.text
+                results[i].append((time.monotonic(), r.status_code, body, c1, c2))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    write_version(root, new, pairs=PAIRS[new])
+    published_at = time.monotonic()
+    time.sleep(1.5)
+    write_version(root, "broken", swap=False)
+    Path(storage.table_dir(root, "broken"), "table.parquet").write_bytes(b"not parquet")
+    storage.swap_current(root, "broken")  # fails to load: the new version keeps serving
+    for t in threads:
+        t.join()
+
+    rows = [row for per_client in results for row in per_client]
+    assert len(rows) == 3000
+    assert [r for r in rows if r[1] != 200] == []
+    for _, _, body, c1, c2 in rows:
+        check_answer(body, c1, c2, 3)  # every answer matches the version it names
+    versions = {body["version"] for _, _, body, _, _ in rows}
+    assert versions == {current, new}
+    first_new = min(t for t, _, body, _, _ in rows if body["version"] == new)
+    # One replica: once the new version answers, the old one never does again.
+    assert all(body["version"] == new for t, _, body, _, _ in rows if t > first_new + 2.0)
+    assert first_new - published_at < 10, "the new version took more than 10 s to be served"
+    print(f"new version first served {first_new - published_at:.2f}s after the publish")
+    health = serve_app.client.get(f"{url}/v1/healthz").json()
+    assert health["version"] == new and "broken failed to load" in health["last_error"]
+    storage.swap_current(root, new)  # leave a good pointer for later tests

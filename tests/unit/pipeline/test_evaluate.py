@@ -1,0 +1,107 @@
+"""jobs.evaluate scores a published table as Serve answers it; numbers worked out by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from common import publish, schemas
+from common.catalog import Catalog
+from common.config import load_config
+from common.storage import join, read_json, swap_current
+from common.tables_io import write_parquet
+from common.transitions import day_dir
+from jobs import evaluate
+
+CAT = Catalog(tuple(range(5)), tuple(f"c{i}" for i in range(5)), ("",) * 5)
+D = dt.date(2026, 3, 1)
+
+
+def table(rows):
+    return pa.Table.from_pylist(
+        [dict(c1=a, c2=b, rank=r, c3=c, score=1.0 / r, source="frequency") for a, b, r, c in rows],
+        schema=schemas.TABLE,
+    )
+
+
+def backoff(rows):
+    return pa.Table.from_pylist(
+        [dict(c2=b, rank=r, c3=c, score=1.0) for b, r, c in rows], schema=publish.BACKOFF
+    )
+
+
+def write_day(root, day, rows):
+    t = pa.Table.from_pylist(
+        [dict(day=day, c1=a, c2=b, c3=c, count=n) for a, b, c, n in rows],
+        schema=schemas.TRANSITIONS,
+    )
+    write_parquet(t, join(day_dir(root, day), "part-0.parquet"))
+
+
+def test_evaluate_current_and_named_versions(root):
+    # Version A: (0,1) -> [2, 3]; backoff of c2=1 -> [4]; global -> [0, 1, 2, 3, 4].
+    glob = [(-1, i + 1, i) for i in range(5)]
+    publish.write_version(
+        root,
+        "A",
+        table([(0, 1, 1, 2), (0, 1, 2, 3)]),
+        backoff([(1, 1, 4)] + glob),
+        CAT,
+        {
+            "strategy": "frequency",
+            "as_of": "2026-03-01",
+            "guards": {"valid_rate": {"value": 0.95, "n": 20}},
+        },
+    )
+    publish.write_version(
+        root,
+        "B",
+        table([(0, 1, 1, 3)]),
+        backoff(glob),
+        CAT,
+        {"strategy": "base", "as_of": "2026-03-01"},
+    )
+    swap_current(root, "A")
+    # Day D: (0,1)->2 x3 (A rank 1), (0,1)->3 x1 (A rank 2), (2,1)->4 x2 (A: backoff c2 rank 1),
+    # (3,4)->0 x4 (A: global, skipping nothing: 0 is rank 1). Day D+1: (0,1)->2 x10, not scored.
+    write_day(root, D, [(0, 1, 2, 3), (0, 1, 3, 1), (2, 1, 4, 2), (3, 4, 0, 4)])
+    write_day(root, D + dt.timedelta(days=1), [(0, 1, 2, 10)])
+    cfg = load_config(
+        None, [f"root={root}", "report=ev", "evaluate.start=2026-03-01", "evaluate.end=2026-03-02"]
+    )
+    evaluate.run(cfg)
+    m = read_json(join(root, "reports", "ev", "metrics.json"))["A"]
+    assert m["n_events"] == 10
+    assert m["hit_rate@1"] == pytest.approx((3 + 2 + 4) / 10)
+    assert m["hit_rate@5"] == pytest.approx(1.0)
+    assert m["coverage"] == pytest.approx(4 / 10)
+    assert m["valid_rate"] == pytest.approx(0.95)
+    assert m["strategy"] == "frequency"
+
+    cfg = load_config(
+        None,
+        [
+            f"root={root}",
+            "report=ev2",
+            "evaluate.versions=[A, B]",
+            "evaluate.end=2026-03-03",
+            "evaluate.days=2",
+        ],
+    )
+    out = evaluate.run(cfg)
+    assert (out["start"], out["end"]) == ("2026-03-01", "2026-03-03")
+    m = read_json(join(root, "reports", "ev2", "metrics.json"))
+    assert m["A"]["n_events"] == 20
+    assert m["A"]["hit_rate@1"] == pytest.approx((3 + 2 + 4 + 10) / 20)
+    # B: (0,1) -> [3]: 1 hit of 14 on that pair; (2,1) global [0,3,4] -> 4 at rank 3;
+    # (3,4) -> 0 at rank 1.
+    assert m["B"]["hit_rate@1"] == pytest.approx((1 + 4) / 20)
+    assert m["B"]["hit_rate@5"] == pytest.approx((1 + 2 + 4) / 20)
+
+
+def test_evaluate_without_published_table_is_a_clear_error(root):
+    cfg = load_config(None, [f"root={root}"])
+    with pytest.raises(ValueError, match="nothing published"):
+        evaluate.run(cfg)

@@ -1,0 +1,121 @@
+"""The cadence's pure logic: what is due on which day, drift between windows, replay schedules."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from common import schemas
+from common.config import load_config
+from jobs.pipeline import finetune_due, refresh_due, window_jaccard, with_overrides
+from jobs.replay import in_effect, plan_builds, serving_days
+
+D0 = dt.date(2026, 3, 1)
+
+
+def day(i: int) -> dt.date:
+    return D0 + dt.timedelta(days=i)
+
+
+def test_refresh_every_two_days_from_the_last_one():
+    assert refresh_due(None, day(0), 2)
+    assert not refresh_due(day(0), day(1), 2)
+    assert refresh_due(day(0), day(2), 2)
+    # A missed tick (or a failed refresh) makes it due on the next day it is asked.
+    assert refresh_due(day(0), day(5), 2)
+
+
+def test_fixed_policy_finetunes_every_30_days():
+    pcfg = load_config().pipeline
+    assert finetune_due(pcfg, None, day(0)) == (True, "first")
+    assert finetune_due(pcfg, day(0), day(29))[0] is False
+    assert finetune_due(pcfg, day(0), day(30))[0] is True
+    # Drift is ignored under the fixed policy.
+    assert finetune_due(pcfg, day(0), day(10), jaccard=0.0)[0] is False
+
+
+def test_adaptive_policy_follows_drift_with_gaps():
+    pcfg = load_config(
+        None,
+        [
+            "pipeline.policy=adaptive",
+            "pipeline.drift_threshold=0.4",
+            "pipeline.min_finetune_gap_days=5",
+            "pipeline.max_finetune_gap_days=40",
+        ],
+    ).pipeline
+    assert finetune_due(pcfg, day(0), day(10), jaccard=0.6) == (False, "stable")
+    assert finetune_due(pcfg, day(0), day(10), jaccard=0.3) == (True, "drift")
+    assert finetune_due(pcfg, day(0), day(3), jaccard=0.0) == (False, "gap")
+    assert finetune_due(pcfg, day(0), day(40), jaccard=0.9) == (True, "max_gap")
+    assert finetune_due(pcfg, day(0), day(35), jaccard=None) == (False, "stable")
+
+
+def counts(rows):
+    return pa.Table.from_pylist(
+        [dict(day=d, c1=a, c2=b, c3=c, count=n) for d, a, b, c, n in rows],
+        schema=schemas.TRANSITIONS,
+    )
+
+
+def test_window_jaccard_worked_example():
+    # Pair (0, 1): window A top-2 {2, 3}; window B top-2 {3, 4} -> Jaccard 1/3.
+    # Pair (1, 0): {2, 3} in both -> 1. Pair (5, 6) is under min_support in B: not counted.
+    rows = [
+        (day(0), 0, 1, 2, 10),
+        (day(0), 0, 1, 3, 8),
+        (day(1), 0, 1, 4, 1),
+        (day(5), 0, 1, 3, 9),
+        (day(6), 0, 1, 4, 7),
+        (day(6), 0, 1, 2, 1),
+        (day(0), 1, 0, 2, 5),
+        (day(1), 1, 0, 3, 5),
+        (day(5), 1, 0, 2, 6),
+        (day(5), 1, 0, 3, 4),
+        (day(0), 5, 6, 2, 50),
+        (day(5), 5, 6, 2, 1),
+    ]
+    t = counts(rows)
+    got = window_jaccard(t, (day(0), day(5)), (day(5), day(10)), min_support=5, top=2)
+    assert got == pytest.approx((1 / 3 + 1) / 2)
+    # Day 10 and later are outside both windows: adding events there changes nothing.
+    t2 = counts(rows + [(day(10), 0, 1, 9, 1000)])
+    assert window_jaccard(t2, (day(0), day(5)), (day(5), day(10)), 5, top=2) == got
+    assert window_jaccard(t, (day(20), day(25)), (day(25), day(30)), 5) is None
+
+
+def test_plan_builds_per_strategy():
+    start, end = day(0), day(62)
+    assert plan_builds("frequency", start, end, 2, 30)[0] == {day(i) for i in range(0, 62, 2)}
+    assert plan_builds("base", start, end, 2, 30) == ({start}, set())
+    assert plan_builds("ft_once", start, end, 2, 30) == ({start}, {start})
+    assert plan_builds("ft_monthly", start, end, 2, 30) == ({day(0), day(30), day(60)},) * 2
+    builds, fts = plan_builds("hybrid", start, end, 4, 30)
+    assert fts == {day(0), day(30), day(60)}
+    assert builds == {day(i) for i in range(0, 62, 4)} | fts
+    with pytest.raises(ValueError, match="unknown strategy"):
+        plan_builds("nope", start, end, 2, 30)
+
+
+def test_table_in_effect_is_the_last_built_on_or_before_the_day():
+    builds = [(day(0), "a"), (day(2), "b"), (day(4), "c")]
+    assert [in_effect(builds, d) for d in serving_days(day(0), day(6))] == [
+        "a",
+        "a",
+        "b",
+        "b",
+        "c",
+        "c",
+    ]
+    assert in_effect(builds, day(-1)) is None
+
+
+def test_with_overrides_copies_and_validates():
+    cfg = load_config()
+    new = with_overrides(cfg, as_of=day(3), infer__strategy="frequency", root="/tmp/x")
+    assert (new.as_of, new.infer.strategy, new.root) == (day(3), "frequency", "/tmp/x")
+    assert cfg.as_of is None and cfg.infer.strategy == "hybrid"
+    with pytest.raises(ValueError):
+        with_overrides(cfg, infer__strategy="bogus")

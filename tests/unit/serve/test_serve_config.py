@@ -1,0 +1,26 @@
+"""serve/config.yaml is a valid `serve deploy` config for this app (ServeDeploySchema)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve.app import AppArgs, NextInterest
+
+CONFIG = Path(__file__).parents[3] / "serve" / "config.yaml"
+
+
+def test_config_validates_and_matches_the_app():
+    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "serve.app:build_app"
+    assert AppArgs.model_validate(app.args).root == "s3://BUCKET/PREFIX"
+    (deployment,) = app.deployments
+    assert deployment.name == NextInterest.name
+    scaling = deployment.autoscaling_config
+    assert 1 <= scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"]
+    assert scaling["target_ongoing_requests"] < deployment.max_ongoing_requests
+    # user_config is applied by reconfigure() on top of the args: it must be AppArgs fields.
+    AppArgs.model_validate({**app.args, **deployment.user_config})

@@ -1,0 +1,177 @@
+"""The Serve app's pure parts: request parsing, answers from a published version, hot swap."""
+
+from __future__ import annotations
+
+import pytest
+from serve_tables import BACKOFF, V1_PAIRS, V2_PAIRS, expected, name, write_version
+
+from common import storage
+from common.lookup import Lookup
+from serve.app import (
+    AppArgs,
+    BadInput,
+    check_k,
+    last_pair,
+    next_answer,
+    parse_history,
+    parse_id,
+    recommend_answer,
+)
+from serve.watcher import TableWatcher
+
+
+def test_parse_history_uses_last_two_after_collapsing_repeats():
+    assert parse_history("1,2", 10) == (1, 2)
+    assert parse_history(" 9, 1 ,2 ", 10) == (1, 2)
+    assert parse_history("3,7,7", 10) == (3, 7)
+    assert parse_history("7,3,7,7", 10) == (3, 7)
+    assert parse_history("5,5", 10) == (5, 5)
+    assert parse_history("-1,4", 10) == (-1, 4)
+    assert last_pair([4]) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "missing or empty"),
+        ("", "missing or empty"),
+        ("  ", "missing or empty"),
+        ("5", "at least two"),
+        ("1,x", "not an integer"),
+        ("1,2.5", "not an integer"),
+        ("1,", "not an integer"),
+        ("1,1_0", "not an integer"),
+        ("1,١٢", "not an integer"),
+        ("1,99999999999", "not an integer"),
+        (",".join(["1"] * 11), "at most 10"),
+        ("1" * 200, "too long"),
+    ],
+)
+def test_parse_history_rejects_with_a_message(text, message):
+    with pytest.raises(BadInput, match=message):
+        parse_history(text, 10)
+
+
+def test_parse_id_and_k_bounds():
+    assert parse_id(" 42 ", "id") == 42
+    args = AppArgs(root="/x", default_k=10, max_k=20)
+    assert check_k(None, args) == 10
+    assert check_k(20, args) == 20
+    for bad in (0, -1, 21):
+        with pytest.raises(BadInput, match="out of range"):
+            check_k(bad, args)
+
+
+def test_every_contract_answer_matches_the_published_dicts(root):
+    lookup = Lookup.load(root, write_version(root, "v1"))
+    for c1 in range(10):
+        for c2 in range(10):
+            for k in (1, 2, 10):
+                answer = next_answer(lookup, c1, c2, k)
+                source, picked = expected(V1_PAIRS, c1, c2, k)
+                assert answer["source"] == source
+                assert answer["version"] == "v1"
+                assert answer["history"] == [c1, c2]
+                assert answer["clusters"] == [
+                    {"cluster_id": c, "name": name(c), "score": s} for c, s in picked
+                ]
+    # Worked examples: a table row, the c2 backoff skipping c1, the global backoff.
+    assert next_answer(lookup, 1, 2, 2)["clusters"][1] == {
+        "cluster_id": 4,
+        "name": "Cluster 4",
+        "score": 0.25,
+    }
+    assert [c["cluster_id"] for c in next_answer(lookup, 6, 2, 5)["clusters"]] == [1, 7]
+    assert next_answer(lookup, 0, 9, 5)["source"] == "backoff_global"
+    assert [c["cluster_id"] for c in next_answer(lookup, 0, 9, 5)["clusters"]] == [1, 2, 8]
+    assert BACKOFF[2][0] == (1, 0.5)
+
+
+def test_recommend_maps_items_to_clusters_and_back(root):
+    lookup = Lookup.load(root, write_version(root, "v1"))
+    answer = recommend_answer(lookup, ["i1-0", "nope", "i2-3", "i2-1"], k=2, n=2)
+    # clusters [1, 2, 2] -> pair (1, 2) -> table row [3, 4]; top items of 3 and 4, ranks 0 and 1.
+    assert answer["history"] == [1, 2]
+    assert answer["source"] == "llm"
+    assert answer["unknown_items"] == ["nope"]
+    assert [(c["cluster_id"], c["items"]) for c in answer["clusters"]] == [
+        (3, ["i3-0", "i3-1"]),
+        (4, ["i4-0", "i4-1"]),
+    ]
+    # One cluster only -> (2, 2) -> successors of 2; the user's own items are left out.
+    one = recommend_answer(lookup, ["i2-0"], k=1, n=3)
+    assert (one["source"], one["clusters"][0]["cluster_id"]) == ("backoff_c2", 1)
+    with pytest.raises(BadInput, match="none of the 2"):
+        recommend_answer(lookup, ["x", "y"], k=1, n=1)
+
+
+def test_watcher_swaps_on_a_new_version_and_keeps_serving_on_a_broken_one(root):
+    watcher = TableWatcher(root, poll_interval_s=60, retry_failed_s=60)
+    assert watcher.check_once() is False and watcher.lookup is None  # nothing published yet
+    write_version(root, "v1")
+    assert watcher.check_once() is True and watcher.lookup.version == "v1"
+    assert watcher.check_once() is False  # unchanged pointer: no reload
+    old = watcher.lookup
+    write_version(root, "v2", pairs=V2_PAIRS)
+    assert watcher.check_once() is True and watcher.lookup.version == "v2"
+    assert old.answer(1, 2, 1) == ("llm", [(3, 0.5)])  # the old object is untouched
+    assert watcher.lookup.answer(1, 2, 1) == ("llm", [(6, 0.875)])
+    # A broken version: logged, v2 keeps serving, and it is not retried on every poll.
+    storage.makedirs(storage.table_dir(root, "broken"))
+    storage.swap_current(root, "broken")
+    assert watcher.check_once() is False and watcher.lookup.version == "v2"
+    assert "broken failed to load" in watcher.last_error
+    calls = []
+    watcher._load = lambda r, v: calls.append(v)
+    assert watcher.check_once() is False and calls == []
+    watcher.retry_failed_s = 0
+    write_version(root, "broken", swap=False)  # repaired in place
+    watcher._load = Lookup.load
+    assert watcher.check_once() is True and watcher.lookup.version == "broken"
+    assert watcher.last_error is None
+
+
+def test_watcher_thread_picks_up_a_publish(root):
+    import time
+
+    write_version(root, "v1")
+    watcher = TableWatcher(root, poll_interval_s=0.05).start()
+    try:
+        write_version(root, "v2", pairs=V2_PAIRS)
+        deadline = time.monotonic() + 10
+        while (watcher.lookup is None or watcher.lookup.version != "v2") and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        assert watcher.lookup.version == "v2"
+    finally:
+        watcher.stop()
+
+
+def test_reconfigure_updates_limits_and_swaps_root(root, tmp_path):
+    """`serve deploy` config updates reach reconfigure(): limits apply, a new root is loaded."""
+    import asyncio
+
+    from serve.app import NextInterest
+
+    other = str(tmp_path / "other")
+    write_version(root, "v1")
+    write_version(other, "other", pairs=V2_PAIRS)
+
+    async def scenario():
+        cls = NextInterest.func_or_class  # the class under Serve's ingress wrapper
+        replica = cls.__new__(cls)
+        await replica.__init__({"root": root, "poll_interval_s": 60})
+        assert replica.watcher.lookup.version == "v1"
+        replica.reconfigure({"max_k": 3, "poll_interval_s": 5})
+        assert (replica.args.max_k, replica.watcher.poll_interval_s) == (3, 5)
+        old_watcher = replica.watcher
+        replica.reconfigure({"root": other})
+        assert old_watcher._stop.is_set() and replica.watcher.lookup.version == "other"
+        response = await replica.next_single(history="1,2", k=1)
+        return response.status_code, response.body
+
+    status, body = asyncio.run(scenario())
+    assert status == 200
+    assert body.startswith(b'{"version":"other","history":[1,2],"source":"llm"')
+    assert b'"cluster_id":6' in body
