@@ -4,6 +4,12 @@
 
 EXPERIMENT is one of:
 - `drift`      month-over-month Jaccard of the top-5 successors (paper: mean 0.17);
+- `tables`     no model: the retrieved successors alone as the served table, by variant
+               (frequency, trend, global), refreshed every `pipeline.rag_every_days`, and the
+               frequency table refreshed every 2 days vs fixed at the first day; replayed in memory
+               with the same code the jobs use (common.retrieval, jobs.infer.fill_table, Lookup);
+- `schedule`   no model: the days the adaptive policy would fine-tune over the replayed window
+               for several drift thresholds, against the fixed monthly calendar;
 - `identical`  share of pairs whose answers with RAG equal those without (paper: 7.8%), for the
                base model (base vs rag) and the fine-tuned one (ft_once vs hybrid) on one day;
 - `retrieval`  frequency vs trend vs global retrieval in the RAG prompt (strategy rag, replayed);
@@ -21,6 +27,8 @@ import argparse
 import datetime as dt
 import json
 import sys
+
+import pyarrow as pa
 
 from common.cli import config_from_args, setup_logging
 from common.config import Config
@@ -59,6 +67,128 @@ def exp_drift(cfg: Config, dataset: str) -> dict:
         }
     write_json(join(report_dir(cfg.root, f"exp-{dataset}-drift"), "drift.json"), out)
     return {w: v["mean_jaccard"] for w, v in out.items()}
+
+
+def retrieval_table_rates(
+    cfg: Config, start: dt.date, end: dt.date, variant: str, every_days: int
+) -> dict:
+    """Hit rates over [start, end) of a table that is one retrieval ranking alone (no model),
+    rebuilt every `every_days` from the counts in [d - W, d) only, answered with Serve's backoff."""
+    import pyarrow.compute as pc
+
+    from common import publish
+    from common.catalog import load_catalog
+    from common.retrieval import build_snapshot
+    from jobs.evaluate import add_counts, hit_counts, rates
+    from jobs.infer import all_pairs, fill_table, ranked
+
+    catalog = load_catalog(cfg.inputs.clusters)
+    W, k, ks = cfg.retrieval.window_days, cfg.infer.top_k, sorted(set(cfg.pipeline.ks))
+    counts = read_transitions(cfg.root, start - W * DAY, end)
+
+    def days(lo: dt.date, hi: dt.date):
+        return counts.filter(
+            pc.and_(
+                pc.greater_equal(counts["day"], pa.scalar(lo, pa.date32())),
+                pc.less(counts["day"], pa.scalar(hi, pa.date32())),
+            )
+        )
+
+    total: dict = {}
+    lookup, built = None, None
+    n_tables = 0
+    active = set(counts["day"].unique().to_pylist())
+    for i in range((end - start).days):
+        day = start + i * DAY
+        if day not in active:
+            continue  # nothing to score; the table in effect is built lazily (sparse real logs)
+        build_day = start + (i - i % every_days) * DAY  # the last scheduled build day <= day
+        if build_day != built:
+            built = build_day
+            window = days(build_day - W * DAY, build_day)
+            snap = build_snapshot(window, build_day, W, cfg.retrieval.top_n)
+            backoff = publish.build_backoff(snap["global"], window, catalog, k)
+            pairs = all_pairs(catalog, snap["frequency"], cfg.infer.min_support)
+            if variant == "global":
+                per_c2 = ranked(snap["global"], ("c2",))
+                answers = {(a, b): per_c2.get((b,), []) for a, b in pairs}
+            else:
+                answers = ranked(snap[variant])
+            table = fill_table(pairs, answers, "frequency", backoff, catalog, k)
+            lookup = Lookup.from_tables(f"{variant}@{build_day}", table, backoff, catalog)
+            n_tables += 1
+        total = add_counts(total, hit_counts(lookup, days(day, day + DAY), ks))
+    return {**rates(total, ks), "n_tables_used": n_tables}
+
+
+def exp_tables(cfg: Config, dataset: str) -> dict:
+    start, end = window(cfg)
+    every = cfg.pipeline.rag_every_days
+    out: dict = {"start": start.isoformat(), "end": end.isoformat(), "rag_every_days": every}
+    out["variants"] = {
+        v: retrieval_table_rates(cfg, start, end, v, every)
+        for v in ("frequency", "trend", "global")
+    }
+    out["refresh"] = {
+        "every_2_days": retrieval_table_rates(cfg, start, end, "frequency", 2),
+        "fixed_day_1": retrieval_table_rates(cfg, start, end, "frequency", 10**6),
+    }
+    write_json(join(report_dir(cfg.root, f"exp-{dataset}-tables"), "metrics.json"), out)
+    return out
+
+
+def adaptive_days(
+    cfg: Config, start: dt.date, end: dt.date, transitions: pa.Table, cache: dict
+) -> list:
+    """Fine-tune days of the adaptive policy over [start, end) (jobs.pipeline.finetune_due with
+    the measured drift since the last fine-tune, as jobs.pipeline.drift_since_finetune measures
+    it), the first one on `start`, as replay runs it. `cache` keeps each window's top successors
+    across calls (the windows repeat across thresholds)."""
+    from jobs.pipeline import finetune_due, top_successors
+
+    pcfg = with_overrides(cfg, pipeline__policy="adaptive").pipeline
+
+    def tops(lo: dt.date, hi: dt.date) -> dict:
+        if (lo, hi) not in cache:
+            cache[(lo, hi)] = top_successors(transitions, lo, hi, 5, pcfg.drift_min_support)
+        return cache[(lo, hi)]
+
+    def jaccard(last: dt.date, day: dt.date) -> float | None:
+        a = tops(last - cfg.finetune.window_days * DAY, last)
+        b = tops(day - pcfg.drift_window_days * DAY, day)
+        both = sorted(set(a) & set(b))
+        if not both:
+            return None
+        return sum(len(a[p] & b[p]) / len(a[p] | b[p]) for p in both) / len(both)
+
+    days: list[tuple[str, float | None]] = []
+    last = None
+    for i in range((end - start).days):
+        day = start + i * DAY
+        jac = jaccard(last, day) if last else None
+        if finetune_due(pcfg, last, day, jac)[0]:
+            days.append((day.isoformat(), None if jac is None else round(jac, 3)))
+            last = day
+    return days
+
+
+def exp_schedule(cfg: Config, dataset: str) -> dict:
+    start, end = window(cfg)
+    transitions = read_transitions(cfg.root, None, end)
+    out: dict = {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "monthly": [
+            (start + i * DAY).isoformat()
+            for i in range(0, (end - start).days, cfg.pipeline.finetune_every_days)
+        ],
+    }
+    cache: dict = {}
+    for threshold in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4):
+        c = with_overrides(cfg, pipeline__drift_threshold=threshold)
+        out[f"adaptive_{threshold}"] = adaptive_days(c, start, end, transitions, cache)
+    write_json(join(report_dir(cfg.root, f"exp-{dataset}-schedule"), "schedule.json"), out)
+    return {k: (len(v) if isinstance(v, list) else v) for k, v in out.items()}
 
 
 def same_answers(a: Lookup, b: Lookup, k: int) -> dict:
@@ -143,6 +273,8 @@ def open_text(uri: str) -> str:
 
 EXPERIMENTS = {
     "drift": exp_drift,
+    "tables": exp_tables,
+    "schedule": exp_schedule,
     "identical": exp_identical,
     "retrieval": exp_retrieval,
     "refresh": exp_refresh,

@@ -9,6 +9,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from pydantic import BaseModel
+
 from common.config import Config, ConfigError, load_config
 
 
@@ -71,3 +73,17 @@ def run_main(
 
 class InputError(ValueError):
     """Input data that cannot be used (missing columns, empty files); the message says which."""
+
+
+def keys_help(*sections: str) -> str:
+    """The keys of config sections, with defaults and descriptions, for a job's --help epilog."""
+    lines = []
+    for name in sections:
+        model = type(getattr(Config(), name)) if name else Config
+        for key, field in model.model_fields.items():
+            if not name and isinstance(getattr(Config(), key), BaseModel):
+                continue
+            full = f"{name}.{key}" if name else key
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"  {full} = {default}: {field.description or ''}")
+    return "\n".join(lines)

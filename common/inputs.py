@@ -57,6 +57,19 @@ def list_input_files(uri: str) -> list[str]:
     return [prefix + n for n in names]
 
 
+def read_items(uri: str) -> pa.Table:
+    """The items table (item_id, cluster_id); a one-line InputError naming missing columns."""
+    from common.tables_io import read_table
+
+    table = read_table(uri)
+    missing = [c for c in ("item_id", "cluster_id") if c not in table.column_names]
+    if missing:
+        raise InputError(f"items {uri} is missing column(s): {', '.join(missing)}")
+    if table["cluster_id"].null_count:
+        raise InputError(f"items {uri}: cluster_id has {table['cluster_id'].null_count} nulls")
+    return table.select(["item_id", "cluster_id"])
+
+
 def read_file(uri: str) -> pa.Table:
     """The required columns of one Parquet or CSV file; a clear InputError when unusable."""
     fs, path = arrow_fs_for(uri)
@@ -130,7 +143,9 @@ def _ids(col: pa.ChunkedArray, name: str) -> pa.Array:
 
 def clean_events(table: pa.Table, file_index: int, item_ids: pa.Array, item_clusters: np.ndarray,
                  after_day: int | None = None) -> tuple[pa.Table, dict, pa.Table]:
-    """Drop and count what the contract drops; returns (events, counters, item ids of events).
+    """Drop and count what the contract drops; returns (events, counters, item positions).
+
+    Item positions index `item_ids` (the items table's order), one per kept event.
 
     events: user_id, ts (us, UTC), ord, cluster_id; rows of days <= after_day (days since the
     epoch) are skipped, not dropped, because an incremental run has counted them already.
@@ -173,7 +188,7 @@ def clean_events(table: pa.Table, file_index: int, item_ids: pa.Array, item_clus
     if len(idx):
         counts["min_day"] = int(ts_np[idx].min() // US_PER_DAY)
         counts["max_day"] = int(ts_np[idx].max() // US_PER_DAY)
-    return events, counts, pc.cast(items.take(idx), pa.string())
+    return events, counts, np.where(ok, pos, 0).astype(np.int64)[idx]
 
 
 @dataclass
@@ -186,12 +201,21 @@ class Events:
     item_counts: object = None
 
 
-def _item_counts(events: pa.Table, items: pa.Array) -> pa.Table:
-    """Daily counts per (cluster, item) of one file's events: item grounding for later parts."""
-    day = pc.cast(pc.divide(events["ts"], US_PER_DAY), pa.int32())
-    t = pa.table({"day": day, "cluster_id": events["cluster_id"], "item_id": items})
-    out = t.group_by(["day", "cluster_id", "item_id"]).aggregate([("item_id", "count")])
-    return out.rename_columns(["day", "cluster_id", "item_id", "count"])
+def _item_counts(events: pa.Table, pos: np.ndarray, item_text: pa.Array,
+                 item_clusters: np.ndarray) -> pa.Table:
+    """Daily counts per (cluster, item) of one file's events: item grounding for later parts.
+
+    Counted on item positions (ints) and named afterwards: a few thousand rows get their text id
+    instead of every event.
+    """
+    from common.sequences import count_keys
+
+    day = events["ts"].to_numpy() // US_PER_DAY
+    schema = pa.schema([("day", pa.int32()), ("pos", pa.int64()), ("count", pa.int64())])
+    t = count_keys({"day": day, "pos": pos}, schema=schema)
+    at = t["pos"].to_numpy()
+    return pa.table({"day": t["day"], "cluster_id": pa.array(item_clusters[at].astype(np.int32)),
+                     "item_id": item_text.take(pa.array(at)), "count": t["count"]})
 
 
 def merge_counts(total: dict, part: dict) -> dict:
@@ -207,6 +231,7 @@ def read_batch(batch, items_table, after_day, env):
     """Read a run of consecutive files in one task: fewer, larger blocks and less scheduling."""
     os.environ.update(env)
     ids = _ids(items_table["item_id"], "item_id")
+    text = pc.cast(ids, pa.string())
     clusters = items_table["cluster_id"].to_numpy()
     counts: dict = {}
     parts, item_parts = [], []
@@ -216,7 +241,7 @@ def read_batch(batch, items_table, after_day, env):
                                                after_day)
             merge_counts(counts, part)
             parts.append(events)
-            item_parts.append(_item_counts(events, items))
+            item_parts.append(_item_counts(events, items, text, clusters))
     except InputError as e:
         return {"error": str(e)}, None, None
     if len({p["user_id"].type for p in parts}) > 1:  # int ids in one file, text in another

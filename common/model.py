@@ -197,10 +197,23 @@ def pick_device(use_gpu: bool | None = None) -> str:
     return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
 
-def load_tokenizer(model_dir: str):
-    """The model's tokenizer, padding on the left (batched inference continues the prompt)."""
+def as_model_dir(model: Any) -> str:
+    """A model directory (or Hub id) from a path, or from a `cfg.model` section (resolved)."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    if isinstance(model, dict):
+        from common.config import ModelConfig
+
+        model = ModelConfig.model_validate(model)
+    return resolve_model(model)
+
+
+def load_tokenizer(model_dir: Any):
+    """The model's tokenizer, padding on the left (batched inference continues the prompt).
+    `model_dir`: a directory, or a `cfg.model` section (object or dict) resolved first."""
     from transformers import AutoTokenizer
 
+    model_dir = as_model_dir(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as e:
@@ -212,16 +225,22 @@ def load_tokenizer(model_dir: str):
 
 
 def load_model(
-    model_dir: str, dtype: Any = "auto", adapter: str | None = None, device: str = "cpu"
+    model_dir: Any, dtype: Any = None, adapter: str | None = None, device: str = "cpu"
 ):
     """The causal LM in eval mode on `device`, with the PEFT adapter applied when given.
 
-    `dtype` is a torch dtype or a `model.dtype` setting. `adapter` may be a local dir or an
-    s3:// URI (copied to a local temporary dir first).
+    `model_dir` is a directory or a `cfg.model` section (object or dict; its `dtype` setting is
+    used when `dtype` is None). `dtype` is a torch dtype or a `model.dtype` setting. `adapter`
+    may be a local dir or an s3:// URI (copied to a local temporary dir first).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    if dtype is None:
+        dtype = model_dir.get("dtype", "auto") if isinstance(model_dir, dict) else getattr(
+            model_dir, "dtype", "auto"
+        )
+    model_dir = as_model_dir(model_dir)
     if not isinstance(dtype, torch.dtype):
         dtype = pick_dtype(dtype, device)
     try:

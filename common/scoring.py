@@ -68,8 +68,17 @@ class PrefixScorer:
     chat end token); None uses the tokenizer's eos.
     """
 
-    def __init__(self, model, tokenizer, names: list[str], prefix: str, end_token_id=None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        names: list[str],
+        prefix: str,
+        end_token_id=None,
+        group_lines: bool = True,
+    ):
         self.model = model.eval()
+        self.group_lines = group_lines  # verbalize: share each batch's repeated first lines
         self.tokenizer = tokenizer
         self.names = list(names)
         self.decoder = model.get_decoder()
@@ -172,9 +181,22 @@ class PrefixScorer:
             ]
         )
 
-    def _forward(self, suffix_ids: list[list[int]], ext: bool):
-        """Hidden states (B, Q, H) for suffix (+ appended trie tokens) and the cache it filled."""
-        B, P = len(suffix_ids), self.P
+    def _forward(self, suffix_ids: list[list[int]], ext: bool, base=None):
+        """Hidden states (B, Q, H) for suffix (+ appended trie tokens) and the cache it filled.
+
+        `base` = (kv, ok, start): a per-row cache to continue instead of the shared prefix: kv a
+        list of (keys, values) per layer with K cached positions, ok (B, K) which of them a row
+        sees, start (B,) the position id of each row's first suffix token."""
+        from transformers import DynamicCache
+
+        B = len(suffix_ids)
+        if base is None:
+            cache, K = self._cache(B), self.P
+            ok = torch.ones((B, K), dtype=torch.bool)
+            start = torch.full((B,), self.P, dtype=torch.long)
+        else:
+            kv, ok, start = base
+            cache, K = DynamicCache(ddp_cache_data=kv), ok.shape[1]
         lens = torch.tensor([len(s) for s in suffix_ids])
         L = int(lens.max())
         E = len(self.ext_tokens) if ext else 0
@@ -184,18 +206,17 @@ class PrefixScorer:
             ids[b, : len(s)] = torch.tensor(s)
         t = torch.arange(L)
         pos = torch.empty((B, Q), dtype=torch.long)
-        pos[:, :L] = P + torch.minimum(t[None, :], (lens - 1)[:, None])
-        mask = torch.zeros((B, 1, Q, P + Q), dtype=torch.bool)
-        mask[:, :, :, :P] = True
+        pos[:, :L] = start[:, None] + torch.minimum(t[None, :], (lens - 1)[:, None])
+        mask = torch.zeros((B, 1, Q, K + Q), dtype=torch.bool)
+        mask[:, 0, :, :K] = ok[:, None, :]
         real = t[None, :] < lens[:, None]  # (B, L)
         causal = torch.tril(torch.ones((L, L), dtype=torch.bool))
-        mask[:, 0, :L, P : P + L] = causal[None] & real[:, None, :] & real[:, :, None]
+        mask[:, 0, :L, K : K + L] = causal[None] & real[:, None, :] & real[:, :, None]
         if E:
             ids[:, L:] = torch.tensor(self.ext_tokens)
-            pos[:, L:] = P + lens[:, None] - 1 + torch.tensor(self.ext_depth)[None, :]
-            mask[:, 0, L:, P : P + L] = real[:, None, :]
-            mask[:, 0, L:, P + L :] = self.ext_sees[None]
-        cache = self._cache(B)
+            pos[:, L:] = start[:, None] + lens[:, None] - 1 + torch.tensor(self.ext_depth)[None, :]
+            mask[:, 0, L:, K : K + L] = real[:, None, :]
+            mask[:, 0, L:, K + L :] = self.ext_sees[None]
         out = self.decoder(
             input_ids=ids.to(self.device),
             position_ids=pos.to(self.device),
@@ -203,8 +224,50 @@ class PrefixScorer:
             past_key_values=cache,
             use_cache=True,
         )
-        self._count(B * Q, P + Q / 2)
+        self._count(B * Q, K + Q / 2)
         return out.last_hidden_state, lens, L, out.past_key_values
+
+    def _grouped_base(self, suffixes: list[str]):
+        """Split each suffix after its first line; run every distinct first line once (batched)
+        and give each row that line's cache: (base for `_forward`, rest token ids), or None
+        when no two rows share a first line (nothing to save).
+
+        Bulk prompts are ordered by c1 and name c1 on their first line, so a batch holds a few
+        distinct first lines: their tokens are paid once instead of once per row. Exact: a row
+        whose split tokenizes differently from its whole suffix keeps its whole suffix."""
+        heads, rests = [], []
+        for s in suffixes:
+            cut = s.find("\n") + 1
+            head_ids = self.tokenizer(s[:cut], add_special_tokens=False)["input_ids"] if cut else []
+            rest_ids = self.tokenizer(s[cut:], add_special_tokens=False)["input_ids"]
+            if (
+                not cut
+                or not rest_ids
+                or head_ids + rest_ids != self.tokenizer(s, add_special_tokens=False)["input_ids"]
+            ):
+                head_ids, rest_ids = [], self.tokenizer(s, add_special_tokens=False)["input_ids"]
+            heads.append(tuple(head_ids))
+            rests.append(rest_ids)
+        unique = list(dict.fromkeys(h for h in heads if h))
+        if len(unique) == len([h for h in heads if h]):
+            return None, None
+        group = {h: i for i, h in enumerate(unique)}
+        _, glens, G, gcache = self._forward([list(h) for h in unique], ext=False)
+        B = len(suffixes)
+        # Rows without a head use group slot 0's cache with its suffix part masked out.
+        row_group = torch.tensor([group.get(h, 0) for h in heads])
+        row_len = torch.tensor([len(h) for h in heads])
+        kv = [
+            (
+                layer.keys.index_select(0, row_group.to(self.device)),
+                layer.values.index_select(0, row_group.to(self.device)),
+            )
+            for layer in gcache.layers
+        ]
+        ok = torch.zeros((B, self.P + G), dtype=torch.bool)
+        ok[:, : self.P] = True
+        ok[:, self.P :] = torch.arange(G)[None, :] < row_len[:, None]
+        return (kv, ok, self.P + row_len), rests
 
     # ---- (a) verbalizer: every cluster's constrained-decoding probability, one forward ----
     def verbalize(
@@ -212,7 +275,10 @@ class PrefixScorer:
     ) -> torch.Tensor:
         """Log-probabilities (B, n_names) float32; excluded name indices get -inf."""
         with torch.inference_mode():
-            h, lens, L, _ = self._forward(self._suffix_ids(suffixes), ext=True)
+            base, rests = self._grouped_base(suffixes) if self.group_lines else (None, None)
+            if base is None:
+                rests = self._suffix_ids(suffixes)
+            h, lens, L, _ = self._forward(rests, ext=True, base=base)
             B = h.shape[0]
             rows = torch.arange(B)
             states = []
@@ -272,8 +338,8 @@ class PrefixScorer:
                         continue
                     toks = torch.tensor([t for t, _ in kids])
                     lps = torch.log_softmax(logits[i, toks], dim=0).tolist()
-                    for (t, c), l in zip(kids, lps, strict=True):
-                        cand.setdefault(b, []).append((lp + l, c, t, i))
+                    for (t, c), step_lp in zip(kids, lps, strict=True):
+                        cand.setdefault(b, []).append((lp + step_lp, c, t, i))
                 nxt = []
                 for b, options in cand.items():
                     options.sort(key=lambda o: -o[0])

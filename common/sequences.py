@@ -47,6 +47,54 @@ def state_events(state: pa.Table) -> pa.Table:
     })
 
 
+def count_keys(columns: dict[str, np.ndarray], weights: np.ndarray | None = None,
+                schema: pa.Schema = COUNTS) -> pa.Table:
+    """Rows per distinct combination of the integer columns (summing weights when given).
+
+    The columns are packed into one int64 key (each offset by its minimum, `bits` wide) and
+    sorted: on 2 cores this is ~10x cheaper than Arrow's multi-key hash group_by, which
+    also spawns threads that compete with the other Ray worker. Output is sorted by the
+    columns in the order given; the last field of `schema` receives the counts.
+    """
+    names = list(columns)
+    values = [np.asarray(columns[k]).astype(np.int64) for k in names]
+    n = len(values[0]) if values else 0
+    if n == 0:
+        return schema.empty_table()
+    lows = [int(v.min()) for v in values]
+    widths = [max(1, int(v.max()) - lo + 1).bit_length() for v, lo in zip(values, lows,
+                                                                          strict=True)]
+    if sum(widths) > 62:  # ids too far apart to pack: Arrow's group_by, single-threaded
+        table = pa.table(dict(zip(names, values, strict=True)))
+        if weights is None:
+            out = table.group_by(names, use_threads=False).aggregate([(names[0], "count")])
+        else:
+            table = table.append_column("w", pa.array(weights))
+            out = table.group_by(names, use_threads=False).aggregate([("w", "sum")])
+        out = out.sort_by([(k, "ascending") for k in names])
+        return out.rename_columns(schema.names).cast(schema)
+    key = np.zeros(n, dtype=np.int64)
+    for v, lo, w in zip(values, lows, widths, strict=True):
+        key = (key << w) | (v - lo)
+    if weights is None:
+        key.sort()
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        count = np.diff(np.r_[starts, n])
+    else:
+        order = np.argsort(key)
+        key = key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        count = np.add.reduceat(np.asarray(weights)[order], starts)
+    key = key[starts]
+    out = {}
+    for name, lo, w in reversed(list(zip(names, lows, widths, strict=True))):
+        out[name] = (key & ((1 << w) - 1)) + lo
+        key = key >> w
+    arrays = [pa.array(out[k]).cast(schema.field(k).type) for k in names]
+    arrays.append(pa.array(count.astype(np.int64)))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def sequence_transitions(events: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(partial daily counts, per-user state) of the events of a set of whole users.
 
@@ -68,13 +116,8 @@ def sequence_transitions(events: pa.Table) -> tuple[pa.Table, pa.Table]:
     # Position j >= 2 of one user's sequence with c[j] not in {c[j-2], c[j-1]} (c[j-1] != c[j]
     # already holds after collapsing).
     j = np.flatnonzero((u[2:] == u[:-2]) & (c[2:] != c[:-2]) & (t[2:] != STATE_TS)) + 2
-    triples = pa.table({
-        "day": (t[j] // US_PER_DAY).astype(np.int32),
-        "c1": c[j - 2].astype(np.int32), "c2": c[j - 1].astype(np.int32),
-        "c3": c[j].astype(np.int32),
-    })
-    counts = triples.group_by(["day", "c1", "c2", "c3"]).aggregate([("c3", "count")])
-    counts = counts.rename_columns(["day", "c1", "c2", "c3", "count"]).cast(COUNTS)
+    counts = count_keys({"day": t[j] // US_PER_DAY, "c1": c[j - 2], "c2": c[j - 1],
+                         "c3": c[j]})
     last = np.flatnonzero(np.r_[u[1:] != u[:-1], True]) if len(u) else np.array([], np.int64)
     has_prev = (last >= 1) & (u[np.maximum(last - 1, 0)] == u[last])
     state = pa.table({
@@ -87,11 +130,10 @@ def sequence_transitions(events: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 def sum_day(counts: pa.Table) -> pa.Table:
     """Partial counts of one day -> final rows in schemas.TRANSITIONS, sorted."""
-    total = counts.group_by(["day", "c1", "c2", "c3"]).aggregate([("count", "sum")])
-    total = total.rename_columns(["day", "c1", "c2", "c3", "count"])
+    total = count_keys({k: counts[k].to_numpy() for k in ("day", "c1", "c2", "c3")},
+                       counts["count"].to_numpy())
     days = pc.cast(total["day"], pa.int32()).cast(pa.date32())
-    total = total.set_column(0, "day", days).cast(schemas.TRANSITIONS)
-    return total.sort_by([("c1", "ascending"), ("c2", "ascending"), ("c3", "ascending")])
+    return total.set_column(0, "day", days).cast(schemas.TRANSITIONS)
 
 
 def write_day_file(table: pa.Table, folder: str) -> None:
@@ -102,7 +144,8 @@ def write_day_file(table: pa.Table, folder: str) -> None:
 
 def sum_items_day(partial: pa.Table) -> pa.Table:
     """Partial item counts of one day (day as days since the epoch) -> ITEM_COUNTS, sorted."""
-    t = partial.group_by(["day", "cluster_id", "item_id"]).aggregate([("count", "sum")])
+    t = partial.group_by(["day", "cluster_id", "item_id"], use_threads=False).aggregate(
+        [("count", "sum")])
     t = t.rename_columns(["day", "cluster_id", "item_id", "count"])
     t = t.set_column(0, "day", pc.cast(t["day"], pa.int32()).cast(pa.date32())).cast(ITEM_COUNTS)
     return t.sort_by([("cluster_id", "ascending"), ("item_id", "ascending")])
@@ -110,7 +153,9 @@ def sum_items_day(partial: pa.Table) -> pa.Table:
 
 def split_by(table: pa.Table, keys: np.ndarray, n: int) -> list[pa.Table]:
     """table rows grouped into n tables by keys in [0, n) (row order kept within each)."""
-    order = np.argsort(keys, kind="stable")
+    # Small keys as uint8/uint16 get numpy's O(n) radix sort instead of a merge sort.
+    small = np.uint8 if n <= 2**8 else np.uint16 if n <= 2**16 else np.int64
+    order = np.argsort(keys.astype(small), kind="stable")
     bounds = np.searchsorted(keys[order], np.arange(n + 1))
     sorted_table = table.take(order)
     return [sorted_table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(n)]

@@ -1,9 +1,9 @@
 """The fast engine of jobs.aggregate: a two-stage hash shuffle written as plain Ray tasks.
 
-Why not Ray Data's groupby: on 10M events and 2 cores its hash shuffle (aggregator actors, a sort
-per partition, a second shuffle by day) cost ~9x one DuckDB query, almost all of it overhead; the
-numpy work itself takes seconds. Here the same dataflow is three waves of tasks whose outputs
-stay in the object store and are passed by reference:
+Why beside Ray Data's groupby (engine `dataset`): on 10M events and 2 cores Ray Data's
+shuffles add overhead to numpy work that itself takes seconds (docs/benchmarks-aggregate.md:
+~2.4-3x one DuckDB query with Ray Data, ~1.2-2x here). Here the same dataflow is three waves of
+tasks whose outputs stay in the object store and are passed by reference:
 
   read  (one task per run of files): clean, then split by user shard and by day bucket
   shard (one task per user shard):   sequence work of common/sequences.py, write the state file,

@@ -37,7 +37,7 @@ DEMO_OVERRIDES = [
     "ray.num_cpus=2",
     "retrieval.window_days=14",
     "finetune.window_days=28",
-    "finetune.max_examples=512",
+    "finetune.max_examples=256",
     "finetune.batch_size=16",
     "finetune.epochs=1",
     "finetune.num_workers=1",
@@ -47,7 +47,7 @@ DEMO_OVERRIDES = [
     "pipeline.rag_every_days=2",
     "pipeline.finetune_every_days=30",
 ]
-REPLAY_DAYS = 4
+REPLAY_DAYS = 2
 REPLAY_STRATEGIES = "frequency,base,hybrid"
 
 

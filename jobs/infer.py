@@ -147,8 +147,10 @@ def snapshot_for(cfg: Config, day: dt.date) -> tuple[dict, str]:
     from common import retrieval
 
     W = cfg.retrieval.window_days
-    if storage.exists(storage.retrieval_dir(cfg.root, day, W)):
+    try:
         return retrieval.read_snapshot(cfg.root, day, W), "stored"
+    except FileNotFoundError:  # none stored (or incomplete): the same ranking, built here
+        pass
     window = read_transitions(cfg.root, day - W * DAY, day)
     return retrieval.build_snapshot(window, day, W, cfg.retrieval.top_n), "built"
 
@@ -220,11 +222,14 @@ class PairScorer:
         max_new_tokens: int | None = None,
         loader=None,
         measure_ceiling: bool = True,
+        env: dict[str, str] | None = None,
     ):
         import torch
 
         from common.scoring import PrefixScorer
 
+        for key, value in (env or {}).items():  # the driver's S3 settings; the worker's own win
+            os.environ.setdefault(key, value)
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
         model, tokenizer = (loader or load_model_and_tokenizer)(model_cfg, adapter)
         self.scorer = PrefixScorer(model, tokenizer, names, prefix)
@@ -267,16 +272,18 @@ class PairScorer:
 
 
 def load_model_and_tokenizer(model_cfg: dict, adapter: str | None):
-    """The default loader: common.model (packaged or HF dir), adapter merged for speed."""
-    from common.model import load_model, load_tokenizer
-
+    """The default loader: common.model (packaged or HF dir), on the GPU when there is one, in
+    the dtype `model.dtype` picks (bf16 only where matmuls have hardware bf16), adapter merged
+    into the weights (one matmul per projection instead of three)."""
     from common.config import ModelConfig
+    from common.model import load_model, load_tokenizer, pick_device, resolve_model
 
     mcfg = ModelConfig.model_validate(model_cfg)
-    model = load_model(mcfg, adapter=adapter)
+    model_dir = resolve_model(mcfg)
+    model = load_model(model_dir, mcfg.dtype, adapter=adapter, device=pick_device())
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    return model, load_tokenizer(mcfg)
+    return model, load_tokenizer(model_dir)
 
 
 def matmul_ceiling(dtype, device, n: int = 2048, seconds: float = 1.0) -> float:
@@ -340,6 +347,7 @@ def run_llm(
             "k": inf.top_k,
             "threads": threads,
             "max_new_tokens": inf.max_new_tokens,
+            "env": storage_env(),
         },
         batch_size=inf.batch_size,
         batch_format="numpy",
@@ -348,7 +356,9 @@ def run_llm(
         num_cpus=inf.cpus_per_actor,
     ).take_all()
     wall = time.perf_counter() - t0
-    out.sort(key=lambda r: r["order"])
+    # The actors return only what they computed: join it back to each input row by `order`.
+    by_order = {r["order"]: r for r in rows}
+    out = [{**by_order[int(r["order"])], **r} for r in sorted(out, key=lambda r: r["order"])]
     busy = float(sum(r["busy_s"] for r in out))
     flops = float(sum(r["flops"] for r in out))
     ceiling = float(max(r["ceiling"] for r in out)) if out else 0.0
@@ -361,11 +371,18 @@ def run_llm(
         "rows_per_busy_s": len(out) / busy if busy else 0.0,
         "achieved_gflops_per_s": flops / busy / 1e9 if busy else 0.0,
         "ceiling_gflops_per_s": ceiling / 1e9,
-        # Per actor: each actor's FLOPs over its own busy time, against its own ceiling.
-        "mfu": (flops / busy) / ceiling / inf.pool_size if busy and ceiling else 0.0,
+        # busy_s sums every actor's time in __call__, so flops / busy is one actor's FLOP/s,
+        # against the matmul ceiling one actor measured on its own threads.
+        "mfu": (flops / busy) / ceiling if busy and ceiling else 0.0,
         "threads_per_actor": threads,
     }
     return out, perf
+
+
+def storage_env() -> dict[str, str]:
+    """The driver's S3 endpoint and credential variables, for actors that read an s3:// adapter
+    (a worker started before they were set, or on another node, would not see them)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
 def rows_to_answers(rows: list[dict], catalog: Catalog) -> Answers:
@@ -414,17 +431,18 @@ def _pair_rows(
 
 def infer_llm(cfg: Config, catalog: Catalog, pairs, snap, gpairs, shadow_snap) -> dict:
     """Table answers, shadow answers and free-generation rows of an LLM strategy, one Ray pass."""
-    from common.model import load_tokenizer
+    from common.model import load_tokenizer, resolve_model
 
     inf, g = cfg.infer, cfg.guards
     adapter = adapter_path(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(resolve_model(cfg.model))
     rag = uses_rag(inf.strategy)
     variant = cfg.prompt.rag_variant
     texts = prompt_texts(cfg, tokenizer, catalog, pairs, ranked(snap[variant]) if rag else None)
     # Without RAG a pair's prompt does not depend on the day: the table's answers are the shadow's.
     table_set = set(pairs)
-    extra = [p for p in gpairs if rag or p not in table_set]
+    # Sorted by pair: rows of one c1 share their first prompt line (PrefixScorer groups them).
+    extra = sorted(p for p in gpairs if rag or p not in table_set)
     shadow_texts = prompt_texts(
         cfg, tokenizer, catalog, extra, ranked(shadow_snap[variant]) if rag and extra else None
     )
@@ -500,6 +518,15 @@ def run(cfg: Config) -> dict:
             f"no cluster pairs with support >= {inf.min_support} in [{day - W * DAY}, {day})"
         )
 
+    log.info(
+        "infer %s for %s: %d pairs x top %d, snapshot %s (window %d days)",
+        strategy,
+        day,
+        len(pairs),
+        k,
+        snap_how,
+        W,
+    )
     # Guard data: held-out days [d - h, d) and the shadow build as of d - h (see common/guards.py).
     gday = day - g.holdout_days * DAY
     held = read_transitions(cfg.root, gday, day)
@@ -523,12 +550,14 @@ def run(cfg: Config) -> dict:
         note = (
             "free generation on the table's own prompts"
             if inf.mode == "free"
-            else f"free generation on a sample of {llm['n_free']} table prompts (ranked answers are valid by construction)"
+            else f"free generation on a sample of {llm['n_free']} table prompts "
+            "(ranked answers are valid by construction)"
         )
         valid = guards.check_valid_rate(g, llm["n_valid"], llm["n_free"], note)
     table = fill_table(pairs, answers, source, backoff, catalog, k)
     infer_s = time.perf_counter() - t_infer
 
+    log.info("answers ready in %.1f s; scoring the guards", infer_s)
     t_guard = time.perf_counter()
     held_g = only_pairs(held, gpairs)
     cand = Lookup.from_tables(
@@ -642,10 +671,25 @@ def run(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(
         "python -m jobs.infer",
-        "Bulk inference for day d: top-k clusters for every cluster pair, guards, atomic publish.",
+        "Bulk inference for day d (as_of; default: the day after the last counted day): the "
+        "top-k next clusters of every ordered cluster pair, then guards, then an atomic "
+        "publish.\n\n"
+        "Strategies (infer.strategy): frequency = the retrieval snapshot's ranking, no model; "
+        "base = base model, no RAG; rag = base model + retrieved successors in the prompt; "
+        "ft = latest LoRA adapter, no RAG; hybrid = adapter + RAG (default).\n"
+        "Modes (infer.mode): verbalizer = one forward scores every cluster name (default); "
+        "constrained = beam search over a prefix tree of the names; free = greedy text mapped "
+        "back by exact name match.\n"
+        "Guards (guards.*): valid rate of free generation >= 0.9, hit rate@10 on the last "
+        "held-out days >= 0.015, no drop > 10% against the published table; a failure leaves "
+        "tables/CURRENT unchanged; --set guards.enforce=false publishes anyway and records the "
+        "override in the manifest.\n"
+        "Speed knobs: infer.batch_size, infer.pool_size (Ray Data actors), infer.threads, "
+        "infer.num_gpus. The one-line JSON result holds pairs_per_s and mfu.",
         reads="stats/transitions/, retrieval/ (or builds it), inputs.clusters, inputs.items, "
         "stats/items/, the model and adapters/",
-        writes="tables/<version>/ and tables/CURRENT (when the guards pass), reports/<report>/infer-*.json",
+        writes="tables/<version>/ and tables/CURRENT (when the guards pass), "
+        "reports/<report>/infer-<day>-<strategy>.json",
     )
     return run_main(parser, run, argv)
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from common import schemas
-from common.cli import InputError, job_parser, run_main
+from common.cli import InputError, job_parser, keys_help, run_main
 from common.config import Config
 from common.storage import fsspec_for, join, remove
 from common.tables_io import write_parquet
@@ -104,6 +104,10 @@ def run(cfg: Config) -> dict:
     started = time.time()
     ic = cfg.ingest
     source = ic.source or str(EXAMPLES / DEFAULT_SOURCE[ic.dataset])
+    if ic.source is None and not Path(source).is_dir():
+        # `ray job submit --working-dir .` leaves examples/data/ behind (.rayignore).
+        raise InputError(f"the bundled {ic.dataset} copy is not at {source}; pass "
+                         "--set ingest.source=FOLDER (a local path or s3://...)")
     ratings, movies = read_source(ic.dataset, source)
     n_ratings = len(ratings)
     if ic.min_rating is not None:
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         reads="ingest.source (default: examples/data/ml-latest-small or movietweetings-100k)",
         writes="inputs.interactions (part-0.parquet), inputs.items, inputs.clusters",
     )
+    parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys_help("", "inputs", "ingest")
     return run_main(parser, run, argv)
 
 

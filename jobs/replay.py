@@ -445,7 +445,8 @@ def plot_replay(
         ax.axvline(dt.date.fromisoformat(d), color="grey", lw=0.8, ls="--")
     ax.set_ylabel("mean Jaccard of top-5 successors")
     ax.set_title("drift (dashed: adaptive fine-tunes)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.autofmt_xdate()
     paths.append(_save(fig, join(out_dir, "drift_over_time.png")))
     plt.close(fig)

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from common import schemas, taxonomy
-from common.cli import job_parser, run_main
+from common.cli import job_parser, keys_help, run_main
 from common.config import Config, SimulateConfig
 from common.storage import join, remove
 from common.tables_io import write_parquet
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         writes="inputs.interactions (day=YYYY-MM-DD/part-0.parquet), inputs.items, "
         "inputs.clusters",
     )
+    parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys_help("", "inputs", "simulate")
     return run_main(parser, run, argv)
 
 

@@ -15,6 +15,7 @@ Importing this module is cheap (no torch, no table load): `serve build` imports 
 # must see real annotation objects to tell a JSON body from a query parameter.
 import json
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
@@ -222,7 +223,11 @@ class NextInterest:
     def __init__(self, args: AppArgs | dict[str, Any]) -> None:
         self.args = AppArgs.model_validate(args)
         self.watcher = self._start_watcher(self.args)
-        self.answers: dict[str, int] = {}
+        self.answers: dict[str, int] = {}  # by source, for /v1/healthz
+        # Counts not yet added to the Ray metric: one Counter.inc costs about as much as a whole
+        # lookup, so requests add to this dict and it is flushed at most once a second.
+        self._unflushed: dict[tuple[str, str], int] = {}
+        self._flushed_at = time.monotonic()
         self.answer_counter = Counter(
             "next_interest_answers",
             description="Answers given, by source (table row or backoff) and endpoint.",
@@ -261,7 +266,22 @@ class NextInterest:
 
     def _count(self, source: str, endpoint: str, n: int = 1) -> None:
         self.answers[source] = self.answers.get(source, 0) + n
-        self.answer_counter.inc(n, tags={"source": source, "endpoint": endpoint})
+        key = (source, endpoint)
+        self._unflushed[key] = self._unflushed.get(key, 0) + n
+        if time.monotonic() - self._flushed_at >= 1.0:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Add the counts gathered since the last flush to the `next_interest_answers` metric."""
+        pending, self._unflushed = self._unflushed, {}
+        self._flushed_at = time.monotonic()
+        for (source, endpoint), n in pending.items():
+            self.answer_counter.inc(n, tags={"source": source, "endpoint": endpoint})
+
+    def check_health(self) -> None:
+        """Serve's periodic health check (every 10 s by default): also flushes the counts of an idle
+        replica, so the metric never lags by more than a health-check period."""
+        self.flush_metrics()
 
     @api.get("/v1/next", response_model=NextResponse)
     async def next_single(

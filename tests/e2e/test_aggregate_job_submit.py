@@ -1,7 +1,7 @@
 """`ray job submit --working-dir .` of jobs.aggregate against a head this test starts.
 
 Token auth stays on (RAY-NOTES "Token authentication"): RAY_AUTH_MODE=token for the head and the
-client, with the token created once when ~/.ray/auth_token is missing. The head runs with
+client, with a token of the test's own in RAY_AUTH_TOKEN (whatever ~/.ray holds). The head runs with
 `--block` in its own process group on free ports and a private temp dir, so the teardown stops
 exactly the processes this test started and never another session's Ray.
 """
@@ -9,6 +9,8 @@ exactly the processes this test started and never another session's Ray.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,18 +31,36 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def auth_env() -> dict:
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    if not (Path.home() / ".ray" / "auth_token").exists():
-        subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True,
-                       capture_output=True)
+def auth_env(token: str) -> dict:
+    """Token auth on for the head, its jobs and the CLI client, with this test's own token.
+
+    RAY_AUTH_TOKEN takes precedence over ~/.ray/auth_token, so the test neither depends on nor
+    changes whatever token file (or none) this machine has, and the outer RAY_AUTH_MODE (set or
+    not) does not matter.
+    """
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
     return env
+
+
+def pids_using(marker: str) -> list[int]:
+    """Processes whose command line mentions marker (this test's unique Ray temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 @pytest.fixture
 def ray_head():
-    env = auth_env()
+    env = auth_env(secrets.token_hex(32))
     dash = free_port()
     temp = tempfile.mkdtemp(prefix="/tmp/re2e")
     ports = {"--port": free_port(), "--dashboard-port": dash,
@@ -73,6 +93,14 @@ def ray_head():
                 break
             time.sleep(3)
         head.wait(timeout=30)
+        # Anything of this head that left the process group still names the private temp dir.
+        for pid in pids_using(temp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not pids_using(temp), "processes of the test's Ray head survived the teardown"
 
 
 def test_submit_aggregate_job(ray_head, tmp_path):
@@ -94,3 +122,27 @@ def test_submit_aggregate_job(ray_head, tmp_path):
     listed = subprocess.run([RAY, "job", "list", "--address", address], env=env,
                             capture_output=True, text=True)
     assert listed.stdout.count("SUCCEEDED") >= 1 and "FAILED" not in listed.stdout
+    # Auth is really on: a client with another token is refused.
+    stranger = subprocess.run([RAY, "job", "list", "--address", address],
+                              env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+                              capture_output=True, text=True)
+    assert stranger.returncode != 0
+
+
+@pytest.mark.parametrize("include_gitignore", [True, False])
+def test_working_dir_upload_leaves_out_venv_and_data(include_gitignore):
+    """What `--working-dir .` uploads (Ray's packager; .rayignore with or without .gitignore)."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "pkg.zip"
+        create_package(str(REPO), target, include_gitignore=include_gitignore)
+        names = zipfile.ZipFile(target).namelist()
+        size = target.stat().st_size
+    tops = {n.split("/")[0] for n in names}
+    assert {"common", "jobs", "pyproject.toml"} <= tops
+    assert not tops & {".venv", "data", ".git", "runs"}
+    assert not [n for n in names if n.startswith("examples/data/") or "__pycache__" in n]
+    assert size < 5 * 2**20

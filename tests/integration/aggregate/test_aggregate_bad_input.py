@@ -51,3 +51,25 @@ def test_empty_file_and_missing_input(ray_session, tmp_path, root, items):
     with pytest.raises(SystemExit) as e:
         aggregate.main(args(root, tmp_path / "header.csv", items))
     assert "interactions hold no rows" in str(e.value)
+
+
+def test_corrupt_file_bad_items_and_all_garbage_ts(ray_session, tmp_path, root, items):
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "a.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SystemExit) as e:
+        aggregate.main(args(root, log, items))
+    assert str(e.value).startswith("error: cannot read interactions file") and "a.parquet" in str(
+        e.value)
+    (log / "a.parquet").unlink()
+    pq.write_table(pa.table({"user_id": [1, 1, 2], "item_id": [1, 3, 5],
+                             "ts": ["yesterday", "2026-02-30T10:00:00", None]}), log / "a.parquet")
+    bad_items = str(tmp_path / "bad_items.parquet")
+    write_parquet(pa.table({"item_id": [1], "cluster": [0]}), bad_items)
+    with pytest.raises(SystemExit) as e:
+        aggregate.main(args(root, log, bad_items))
+    assert "cluster_id" in str(e.value) and "\n" not in str(e.value)
+    # Every timestamp unparseable: nothing to count, every row dropped and counted by reason.
+    summary = aggregate.main(args(root, log, items))
+    assert summary["dropped"]["bad_ts"] == 2 and summary["dropped"]["null_ts"] == 1
+    assert summary["events_used"] == 0 and summary["transitions_written"] == 0

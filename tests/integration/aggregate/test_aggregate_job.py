@@ -33,14 +33,19 @@ def config(root, interactions, items, *extra):
                               "aggregate.drift_min_support=1", *extra])
 
 
-def test_edge_log_exact_counts_and_outputs(ray_session, tmp_path, root):
+ENGINES = pytest.mark.parametrize("engine", ["tasks", "dataset"])
+
+
+@ENGINES
+def test_edge_log_exact_counts_and_outputs(ray_session, tmp_path, root, engine):
     # Two partition folders, two files each: files by path, then rows, give the tie order.
     logdir = tmp_path / "log"
     rows = write_log(str(logdir / "day=a"), EDGE_ROWS[:12], "parquet", "timestamp_plus2")
     rows += write_log(str(logdir / "day=b"), EDGE_ROWS[12:], "parquet", "epoch")
     write_parquet(items_table(), str(tmp_path / "items.parquet"))
-    cfg = config(root, str(logdir), str(tmp_path / "items.parquet"))
+    cfg = config(root, str(logdir), str(tmp_path / "items.parquet"), f"aggregate.engine={engine}")
     summary = aggregate.run(cfg)
+    assert summary["engine"] == engine
     assert table_counts(read_transitions(root)) == reference_counts(rows, ITEM_CLUSTER)
     assert summary["dropped"] == EDGE_DROPS
     assert summary["events_read"] == len(EDGE_ROWS) and summary["transitions_written"] == 7
@@ -74,7 +79,8 @@ def test_csv_string_ids_and_garbage_timestamps_are_counted(ray_session, tmp_path
     assert table_counts(read_transitions(root)) == reference_counts(rows, ITEM_CLUSTER)
 
 
-def test_incremental_equals_full(ray_session, tmp_path):
+@ENGINES
+def test_incremental_equals_full(ray_session, tmp_path, engine):
     src = tmp_path / "sim"
     sim_cfg = load_config(None, [f"root={src}", "simulate.n_events=20000", "simulate.n_users=300",
                                  "simulate.days=6", "simulate.n_clusters=12",
@@ -85,12 +91,13 @@ def test_incremental_equals_full(ray_session, tmp_path):
     for d in days[:4]:
         shutil.copytree(f"{sim_cfg.inputs.interactions}/{d}", live / d)
     inc_root, full_root = str(tmp_path / "inc"), str(tmp_path / "full")
-    first = aggregate.run(config(inc_root, str(live), sim_cfg.inputs.items))
+    eng = f"aggregate.engine={engine}"
+    first = aggregate.run(config(inc_root, str(live), sim_cfg.inputs.items, eng))
     old_file = f"{inc_root}/stats/transitions/{days[1]}/part-0.parquet"
     old_mtime = os.path.getmtime(old_file)
     for d in days[4:]:
         shutil.copytree(f"{sim_cfg.inputs.interactions}/{d}", live / d)
-    second = aggregate.run(config(inc_root, str(live), sim_cfg.inputs.items))
+    second = aggregate.run(config(inc_root, str(live), sim_cfg.inputs.items, eng))
     aggregate.run(config(full_root, str(live), sim_cfg.inputs.items))
     assert (first["mode"], second["mode"]) == ("full", "incremental")
     assert first["days_processed"] == 4 and second["days_processed"] == 2
@@ -106,7 +113,7 @@ def test_incremental_equals_full(ray_session, tmp_path):
     assert table_counts(full) == reference_counts(rows, {str(r["item_id"]): r["cluster_id"]
                                                          for r in items})
     # Nothing new: an incremental run writes nothing and keeps the counts.
-    third = aggregate.run(config(inc_root, str(live), sim_cfg.inputs.items))
+    third = aggregate.run(config(inc_root, str(live), sim_cfg.inputs.items, eng))
     assert third["days_processed"] == 0 and read_transitions(inc_root).equals(full)
 
 

@@ -40,6 +40,10 @@ def tiny_overrides(root: str, model_dir: str) -> list[str]:
         "infer.pool_size=1",
         "infer.cpus_per_actor=0.5",
         "guards.holdout_days=1",
+        # The tiny model is random: its free generations name no cluster, so the valid-rate guard
+        # would stop every LLM table (tests/integration/infer checks that guard).
+        "guards.min_valid_rate=0.0",
+        "guards.valid_sample=8",
         "pipeline.drift_min_support=5",
         "pipeline.drift_window_days=4",
     ]

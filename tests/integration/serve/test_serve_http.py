@@ -1,5 +1,6 @@
 """The Serve app over real HTTP on 127.0.0.1: contract answers, backoff, batch == single,
-item grounding, every bad input a 4xx with a message, the no-table state, hot swap under load."""
+item grounding, every bad input a 4xx with a message, a schema-driven fuzz (no 5xx), the no-table
+state, hot swap under load. One module, so one Serve start (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from serve_tables import V1_PAIRS, V2_PAIRS, expected, name, write_version
 
 from common import storage  # noqa: E402
@@ -109,6 +113,8 @@ BAD = [
     ("get", "/v1/recommend", {"items": "i1-0", "n": 0}, 400, "out of range"),
     ("get", "/v1/recommend", {"items": "i1-0", "k": 100}, 400, "out of range"),
     ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 21)}, 400, "1..20"),
+    ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 5000)}, 400, "too long"),
+    ("get", "/v1/recommend", {"items": "i1-0", "n": "x"}, 422, "int"),
 ]
 
 
@@ -124,6 +130,41 @@ def test_bad_input_is_a_4xx_with_a_message(serve_app, method, path, data, status
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert message in (detail if isinstance(detail, str) else str(detail))
+
+
+FUZZ_EXAMPLES_PER_MODE = 60
+
+
+def test_openapi_fuzz_never_gives_a_5xx(serve_app):
+    """schemathesis: valid and invalid requests for every operation of /openapi.json, a bounded
+    number of each (derandomized, so the same cases every run), and never a 5xx."""
+    schema = schemathesis.openapi.from_url(f"{serve_app.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    names = sorted(f"{op.method.upper()} {op.path}" for op in operations)
+    assert names == ["GET /v1/healthz", "GET /v1/next", "GET /v1/recommend", "POST /v1/next"]
+    statuses: dict[int, int] = {}
+    for op in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if mode is GenerationMode.NEGATIVE and op.path == "/v1/healthz":
+                continue  # no parameters: nothing invalid to generate
+
+            @settings(
+                max_examples=FUZZ_EXAMPLES_PER_MODE,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=op.as_strategy(generation_mode=mode))
+            def call(case):
+                response = case.call(base_url=serve_app.url, timeout=30)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                assert response.status_code < 500, (case.as_curl_command(), response.text)
+
+            call()
+    assert sum(statuses.values()) > 100
+    assert {200, 400, 422} <= set(statuses)
+    print("status counts:", dict(sorted(statuses.items())))
 
 
 def test_no_table_then_first_publish(serve_app):

@@ -1,4 +1,4 @@
-"""publish: invariants of the table, the folder Lookup reads, and CURRENT moving only at the swap."""
+"""publish: invariants of the table, the folder Lookup reads, CURRENT moving only at the swap."""
 
 import datetime as dt
 

@@ -6,12 +6,23 @@ import torch
 
 from common.scoring import PrefixScorer, Trie
 
-NAMES = ["sports", "football", "rock music", "rock climbing", "jazz", "red wine", "red", "books fiction"]
-PREFIX = "<|im_start|>system\nYou recommend the next interest cluster.<|im_end|>\n<|im_start|>user\n"
+NAMES = [
+    "sports",
+    "football",
+    "rock music",
+    "rock climbing",
+    "jazz",
+    "red wine",
+    "red",
+    "books fiction",
+]
+PREFIX = (
+    "<|im_start|>system\nYou recommend the next interest cluster.<|im_end|>\n<|im_start|>user\n"
+)
 SUFFIXES = [
     "Previous interest: jazz\nCurrent interest: red<|im_end|>\n<|im_start|>assistant\n",
-    "Previous interest: books fiction\nCurrent interest: rock music, often next: football<|im_end|>\n"
-    "<|im_start|>assistant\n",
+    "Previous interest: books fiction\nCurrent interest: rock music, often next: football"
+    "<|im_end|>\n<|im_start|>assistant\n",
     "x<|im_end|>\n<|im_start|>assistant\n",
 ]
 EXCLUDE = [[4, 6], [7, 2], [0, 1]]
@@ -30,9 +41,10 @@ def tiny(tmp_path_factory):
 
 def brute_force(model, tok, scorer, suffix, exclude):
     """Constrained-decoding log-probability of every name from full forwards, no cache."""
-    base = tok(PREFIX, add_special_tokens=False)["input_ids"] + tok(suffix, add_special_tokens=False)[
-        "input_ids"
-    ]
+    base = (
+        tok(PREFIX, add_special_tokens=False)["input_ids"]
+        + tok(suffix, add_special_tokens=False)["input_ids"]
+    )
     out = []
     for i, tokens in enumerate(scorer.name_tokens):
         if i in exclude:
@@ -42,7 +54,9 @@ def brute_force(model, tok, scorer, suffix, exclude):
             lp = torch.log_softmax(model(torch.tensor([base + tokens])).logits[0].float(), -1)
         node, total = 0, 0.0
         for j, t in enumerate(tokens):
-            kids = [tt for tt, c in scorer.trie.children[node].items() if scorer._alive(c, set(exclude))]
+            kids = [
+                tt for tt, c in scorer.trie.children[node].items() if scorer._alive(c, set(exclude))
+            ]
             total += torch.log_softmax(lp[len(base) - 1 + j][kids], 0)[kids.index(t)].item()
             node = scorer.trie.children[node][t]
         out.append(total)
@@ -107,3 +121,25 @@ def test_generate_matches_hf_greedy(tiny):
         ref = tok.decode(g[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         assert text == ref.split("\n", 1)[0].strip()
     assert scorer.match("jazz") == 4 and scorer.match("Jazz") is None
+
+
+def test_grouped_first_lines_give_the_same_scores(tiny):
+    """Rows sharing their first line (bulk prompts of one c1) reuse its cache: same numbers."""
+    model, tok = tiny
+    suffixes = [
+        "Previous: jazz\nCurrent: red<|im_end|>\n<|im_start|>assistant\n",
+        "Previous: jazz\nCurrent: rock music, football<|im_end|>\n<|im_start|>assistant\n",
+        "Previous: books fiction\nCurrent: tea<|im_end|>\n<|im_start|>assistant\n",
+        "Previous: books fiction\nCurrent: jazz<|im_end|>\n<|im_start|>assistant\n",
+        "no newline here<|im_end|>",
+    ]
+    exclude = [[4, 6], [4, 2], [7, 0], [7, 4], [0, 1]]
+    grouped = PrefixScorer(model, tok, NAMES, PREFIX)
+    plain = PrefixScorer(model, tok, NAMES, PREFIX, group_lines=False)
+    base, rests = grouped._grouped_base(suffixes)
+    assert base is not None and rests[4] == tok(suffixes[4], add_special_tokens=False)["input_ids"]
+    np.testing.assert_allclose(
+        grouped.verbalize(suffixes, exclude).numpy(),
+        plain.verbalize(suffixes, exclude).numpy(),
+        atol=1e-4,
+    )

@@ -24,3 +24,19 @@ def test_config_validates_and_matches_the_app():
     assert scaling["target_ongoing_requests"] < deployment.max_ongoing_requests
     # user_config is applied by reconfigure() on top of the args: it must be AppArgs fields.
     AppArgs.model_validate({**app.args, **deployment.user_config})
+
+
+def test_config_agrees_with_what_serve_build_writes():
+    """Regenerate the deployment part as `serve build` does (its own calls, no cluster) and check
+    the edited file kept every option it writes."""
+    from ray.serve._private.build_app import build_app as build_serve_app
+    from ray.serve.deployment import deployment_to_schema
+
+    from serve.app import build_app
+
+    built = build_serve_app(build_app(AppArgs(root="s3://BUCKET/PREFIX")), name="next-interest")
+    (generated,) = [
+        deployment_to_schema(d).model_dump(exclude_unset=True) for d in built.deployments
+    ]
+    (written,) = yaml.safe_load(CONFIG.read_text())["applications"][0]["deployments"]
+    assert generated == {k: written[k] for k in generated}

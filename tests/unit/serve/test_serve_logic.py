@@ -175,3 +175,52 @@ def test_reconfigure_updates_limits_and_swaps_root(root, tmp_path):
     assert status == 200
     assert body.startswith(b'{"version":"other","history":[1,2],"source":"llm"')
     assert b'"cluster_id":6' in body
+
+
+@pytest.mark.s3
+def test_watcher_follows_current_on_s3(s3_bucket):
+    """The same hot swap with the root on S3 (moto on 127.0.0.1)."""
+    root = f"{s3_bucket}/serving"
+    watcher = TableWatcher(root, poll_interval_s=60)
+    assert watcher.check_once() is False and watcher.lookup is None
+    write_version(root, "v1")
+    assert watcher.check_once() is True and watcher.lookup.answer(1, 2, 1) == ("llm", [(3, 0.5)])
+    write_version(root, "v2", pairs=V2_PAIRS)
+    assert watcher.check_once() is True and watcher.lookup.answer(1, 2, 1) == ("llm", [(6, 0.875)])
+    storage.swap_current(root, "missing")  # a pointer to nothing: logged, v2 keeps serving
+    assert watcher.check_once() is False and watcher.lookup.version == "v2"
+    assert "missing failed to load" in watcher.last_error
+
+
+def test_answer_counts_reach_the_metric_in_batches(root):
+    """Requests add to a dict; the Ray Counter gets one inc per (source, endpoint) per flush."""
+    import asyncio
+
+    from serve.app import NextInterest
+
+    write_version(root, "v1")
+    incs = []
+
+    class FakeCounter:
+        def inc(self, n, tags):
+            incs.append((tags["source"], tags["endpoint"], n))
+
+    async def scenario():
+        cls = NextInterest.func_or_class
+        replica = cls.__new__(cls)
+        await replica.__init__({"root": root, "poll_interval_s": 60})
+        replica.answer_counter = FakeCounter()
+        replica._flushed_at = float("inf")  # as if the last flush had just happened, however slow
+        for history in ("1,2", "1,2", "5,2", "1,2"):
+            await replica.next_single(history=history, k=1)
+        assert incs == []  # within a second of the last flush: nothing sent yet
+        replica.check_health()  # Serve's periodic health check flushes
+        assert sorted(incs) == [("backoff_c2", "next", 1), ("llm", "next", 3)]
+        replica._flushed_at -= 2  # over a second later: the next request flushes
+        await replica.next_single(history="2,3", k=1)
+        assert incs[-1] == ("frequency", "next", 1)
+        health = await replica.healthz()
+        return health.body
+
+    body = asyncio.run(scenario())
+    assert b'"answers":{"llm":3,"backoff_c2":1,"frequency":1}' in body

@@ -1,0 +1,214 @@
+"""LoRA fine-tune for day d with Ray Train (issue 3 item 5; SYSTEM.md "Data flow").
+
+Examples come from the transitions of [d - W, d) (common/training.py `build_data`: diversified,
+the last days held out, each the exact inference prompt + answer). The per-worker loop is
+common/training.py `train_loop_per_worker`, run by a Ray Train V2 `TorchTrainer` (DDP: gloo on
+CPU, NCCL on GPU) with checkpoints under `<root>/checkpoints/<run name>` (local or S3) and
+`FailureConfig(max_failures)`: a failed worker group restarts from the last checkpoint. The run
+name is a hash of the day, the config and the examples, so re-running the same job after a crash
+resumes it too. `finetune.num_workers=0` runs the same loop in the driver without Ray Train.
+The final adapter is published under `<root>/adapters/<version>/` (PEFT format + meta.json with
+base model, data window, prompt settings and metrics) and `adapters/LATEST` moves to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from common import storage, training
+from common.catalog import load_catalog
+from common.cli import InputError, job_parser, run_main
+from common.config import Config
+from common.model import load_tokenizer, publish_adapter, resolve_model
+from common.transitions import list_days, read_transitions
+
+log = logging.getLogger(__name__)
+DAY = dt.timedelta(days=1)
+
+
+def finetune_day(cfg: Config) -> dt.date:
+    """The day d the adapter is for: cfg.as_of, else the last day with counts + 1."""
+    if cfg.as_of is not None:
+        return cfg.as_of
+    days = list_days(cfg.root)
+    if not days:
+        raise InputError(f"no transition counts under {cfg.root}: run jobs.aggregate first")
+    return days[-1] + DAY
+
+
+def loop_config(cfg: Config, data: dict) -> dict:
+    """The plain-data config `train_loop_per_worker` reads (it travels to every worker)."""
+    ft = cfg.finetune
+    return {
+        "model": cfg.model.model_dump(),
+        "examples": data["train"],
+        "eval": data["eval"],
+        "prefix": data["prefix"],
+        "lora_r": ft.lora_r,
+        "lora_alpha": ft.lora_alpha,
+        "lora_dropout": ft.lora_dropout,
+        "target_modules": list(ft.target_modules),
+        "learning_rate": ft.learning_rate,
+        "epochs": ft.epochs,
+        "batch_size": ft.batch_size,
+        "warmup_fraction": ft.warmup_fraction,
+        "checkpoint_every_steps": ft.checkpoint_every_steps,
+        "seed": ft.seed,
+        "threads": ft.threads,
+        "bf16": ft.bf16,
+        "use_gpu": ft.use_gpu,
+        "eval_batch_size": ft.eval_batch_size,
+        "eval_base": ft.eval_base,
+    }
+
+
+def run_name(cfg: Config, day: dt.date, data: dict) -> str:
+    """Same day + settings + examples -> same name: a re-run resumes the stored checkpoints."""
+    h = hashlib.sha1()
+    h.update(
+        json.dumps(
+            [
+                str(day),
+                cfg.finetune.model_dump(mode="json"),
+                cfg.model.model_dump(mode="json"),
+                cfg.prompt.model_dump(mode="json"),
+            ],
+            sort_keys=True,
+        ).encode()
+    )
+    h.update(json.dumps(data["train"]).encode())
+    return f"finetune-{day:%Y%m%d}-{h.hexdigest()[:10]}"
+
+
+def fit_ray(cfg: Config, config: dict, name: str, scratch: str) -> tuple[dict, str]:
+    """Run the loop under a TorchTrainer; (final metrics, local copy of the final adapter)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from common.rayinit import init_ray
+
+    init_ray(cfg)
+    ft = cfg.finetune
+    resources = {"CPU": ft.cpus_per_worker}
+    if ft.use_gpu:
+        resources["GPU"] = ft.gpus_per_worker
+    fs, path = storage.arrow_fs_for(storage.checkpoints_dir(cfg.root))
+    if not storage.is_s3(cfg.root):
+        os.makedirs(path, exist_ok=True)
+    trainer = TorchTrainer(
+        training.train_loop_per_worker,
+        train_loop_config={**config, "use_ray": True},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ft.num_workers, use_gpu=ft.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=ft.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"fine-tune {name} finished without a checkpoint")
+    local = os.path.join(scratch, "final")
+    result.checkpoint.to_directory(local)
+    return dict(result.metrics or {}), os.path.join(local, "adapter")
+
+
+def run(cfg: Config) -> dict:
+    t0 = time.perf_counter()
+    ft = cfg.finetune
+    day = finetune_day(cfg)
+    spec = training.DataSpec.from_config(cfg, day)
+    start, hold, _ = spec.windows()
+    transitions = read_transitions(cfg.root, start - cfg.retrieval.window_days * DAY, day)
+    catalog = load_catalog(cfg.inputs.clusters)
+    model_dir = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(model_dir)
+    data = training.build_data(spec, transitions, catalog, tokenizer)
+    if not data["train"]:
+        raise InputError(f"no training transitions in [{start}, {hold}) under {cfg.root}")
+    data_s = time.perf_counter() - t0
+    log.info("fine-tune data for %s: %s", day, json.dumps(data["stats"]))
+    config = loop_config(cfg, data)
+    name = run_name(cfg, day, data)
+    scratch = tempfile.mkdtemp(prefix="finetune-")
+    try:
+        if ft.num_workers == 0:
+            # In the driver, without Ray: checkpoints in a local folder (resumable) under root
+            # when root is local, else in the scratch folder.
+            ckpt_dir = (
+                os.path.join(scratch, "checkpoints")
+                if storage.is_s3(cfg.root)
+                else storage.fsspec_for(storage.join(storage.checkpoints_dir(cfg.root), name))[1]
+            )
+            metrics = training.train_loop_per_worker({**config, "checkpoint_dir": ckpt_dir})
+            adapter_local = metrics.pop("adapter_dir")
+        else:
+            metrics, adapter_local = fit_ray(cfg, config, name, scratch)
+        version = f"{day:%Y%m%d}-{name.rsplit('-', 1)[1]}-{dt.datetime.now(dt.UTC):%H%M%S}"
+        meta = {
+            "version": version,
+            "as_of": str(day),
+            "base_model": cfg.model.name_or_path,
+            "model_dir": model_dir,
+            "window": data["stats"]["train_window"],
+            "holdout": data["stats"]["holdout_window"],
+            "data": data["stats"],
+            "prompt": cfg.prompt.model_dump(mode="json"),
+            "finetune": ft.model_dump(mode="json"),
+            "run_name": name,
+            "metrics": metrics,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        adapter = publish_adapter(adapter_local, cfg.root, version, meta)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = {
+        "as_of": str(day),
+        "version": version,
+        "adapter": adapter,
+        "run_name": name,
+        "examples": data["stats"]["examples"],
+        "window": data["stats"]["train_window"],
+        "holdout": data["stats"]["holdout_window"],
+        "heldout_acc@1": metrics.get("heldout", {}).get("acc@1"),
+        "base_acc@1": metrics.get("base", {}).get("acc@1"),
+        "frequency_acc@1": metrics.get("frequency", {}).get("acc@1"),
+        "tokens_per_s": metrics.get("tokens_per_s_all_workers"),
+        "mfu": metrics.get("mfu"),
+        "start_step": metrics.get("start_step"),
+        "metrics": metrics,
+        "seconds": {"data": data_s, "total": time.perf_counter() - t0},
+    }
+    storage.write_json(
+        storage.join(storage.report_dir(cfg.root, cfg.report), f"finetune-{day}.json"), summary
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = job_parser(
+        "python -m jobs.finetune",
+        "LoRA fine-tune (Ray Train) on the transitions of [d - finetune.window_days, d); the "
+        "last finetune.holdout_days are held out and scored (adapter, base model, frequency "
+        "top-1).",
+        reads="stats/transitions/, inputs.clusters, the base model (model.*), finetune.*, "
+        "prompt.*, retrieval.window_days (RAG successors of each example)",
+        writes="checkpoints/<run>/ (Ray Train; resumed on re-run), adapters/<version>/ "
+        "(PEFT adapter + meta.json), adapters/LATEST, reports/<report>/finetune-<day>.json",
+    )
+    return run_main(parser, run, argv)
+
+
+if __name__ == "__main__":
+    main()

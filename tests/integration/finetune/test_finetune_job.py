@@ -1,0 +1,133 @@
+"""jobs.finetune end to end on a tiny root: in the driver (num_workers=0), and with two Ray Train
+workers on CPU where one worker fails once mid-run and the run resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from common import schemas, storage
+from common.config import load_config
+from common.model import load_model, read_adapter_meta
+
+START = dt.date(2026, 3, 1)
+DAYS = 6
+NAMES = ["sports", "music", "books", "cooking", "travel", "games", "pets", "garden"]
+IDS = list(range(10, 18))
+
+
+def write_root(root: str) -> None:
+    """Clusters + daily counts following a fixed rule (c3 = the cluster three after c2)."""
+    os.makedirs(f"{root}/inputs", exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "cluster_id": pa.array(IDS, pa.int32()),
+                "name": NAMES,
+                "description": [""] * len(IDS),
+            }
+        ),
+        f"{root}/inputs/clusters.parquet",
+    )
+    for d in range(DAYS):
+        day = START + dt.timedelta(days=d)
+        rows = [
+            (c1, c2, IDS[(IDS.index(c2) + 3) % 8])
+            for c1 in IDS
+            for c2 in IDS
+            if c1 != c2 and c1 != IDS[(IDS.index(c2) + 3) % 8]
+        ]
+        t = pa.table(
+            {
+                "day": pa.array([day] * len(rows), pa.date32()),
+                "c1": pa.array([r[0] for r in rows], pa.int32()),
+                "c2": pa.array([r[1] for r in rows], pa.int32()),
+                "c3": pa.array([r[2] for r in rows], pa.int32()),
+                "count": pa.array([1] * len(rows), pa.int64()),
+            },
+            schema=schemas.TRANSITIONS,
+        )
+        folder = f"{root}/stats/transitions/day={day.isoformat()}"
+        os.makedirs(folder, exist_ok=True)
+        pq.write_table(t, f"{folder}/part-0.parquet")
+
+
+def overrides(root: str, model_dir: str, workers: int) -> list[str]:
+    return [
+        f"root={root}",
+        "ray.num_cpus=2",
+        f"model.name_or_path={model_dir}",
+        "model.dtype=float32",
+        "retrieval.window_days=2",
+        "finetune.window_days=6",
+        "finetune.holdout_days=1",
+        "finetune.max_examples=64",
+        "finetune.batch_size=8",
+        "finetune.epochs=1",
+        f"finetune.num_workers={workers}",
+        "finetune.cpus_per_worker=1",
+        "finetune.threads=1",
+        "finetune.checkpoint_every_steps=2",
+        "finetune.max_failures=1",
+        "finetune.eval_max_pairs=16",
+        "finetune.lora_r=4",
+        f"as_of={START + dt.timedelta(days=DAYS)}",
+    ]
+
+
+def check_adapter(summary: dict, model_dir: str) -> None:
+    meta = read_adapter_meta(summary["adapter"])
+    assert meta["window"] == [str(START), str(START + dt.timedelta(days=DAYS - 1))]
+    assert meta["base_model"] == model_dir
+    assert meta["metrics"]["heldout"]["n_events"] > 0
+    assert (
+        storage.read_text(f"{os.path.dirname(summary['adapter'])}/LATEST").strip()
+        == summary["version"]
+    )
+    model = load_model(model_dir, dtype="float32", adapter=summary["adapter"])
+    assert type(model).__name__ == "PeftModelForCausalLM"
+
+
+@pytest.mark.timeout(300)
+def test_finetune_in_driver_publishes_adapter(root, tiny_model_dir):
+    from jobs import finetune
+
+    write_root(root)
+    summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 0)))
+    assert summary["examples"] == 64 and summary["start_step"] == 0
+    assert summary["frequency_acc@1"] == 1.0  # the rule is the window's top successor
+    check_adapter(summary, tiny_model_dir)
+    report = json.loads(
+        open(f"{root}/reports/default/finetune-{START + dt.timedelta(days=DAYS)}.json").read()
+    )
+    assert report["version"] == summary["version"]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_two_ray_workers_resume_after_a_worker_failure(
+    root, tiny_model_dir, ray_session, monkeypatch
+):
+    from jobs import finetune
+
+    write_root(root)
+    marker = os.path.join(root, "failed-once")
+    plain = finetune.loop_config
+
+    def with_failure(cfg, data):
+        # The last worker raises once at step 3 (after the step-2 checkpoint): Ray Train restarts
+        # the worker group (FailureConfig(max_failures=1)), which resumes from step 2.
+        return {**plain(cfg, data), "fail_at_step": 3, "fail_marker": marker}
+
+    monkeypatch.setattr(finetune, "loop_config", with_failure)
+    summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 2)))
+    assert os.path.exists(marker)  # the failure happened
+    metrics = summary["metrics"]
+    assert metrics["world"] == 2 and metrics["total_steps"] == 4  # 64 examples / (8 x 2)
+    assert summary["start_step"] == 2  # resumed from the checkpoint, not from 0
+    check_adapter(summary, tiny_model_dir)

@@ -1,0 +1,210 @@
+"""jobs.infer end to end on tiny inputs: frequency and LLM strategies, guards, atomic publish."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+from infer_inputs import AS_OF, IDS, make_cfg, write_inputs
+
+from common import storage
+from common.lookup import Lookup
+from common.tables_io import read_table
+from common.transitions import read_transitions
+from jobs import infer
+
+pytestmark = [pytest.mark.timeout(300)]
+DAY = dt.timedelta(days=1)
+
+
+def published_table(root: str, version: str) -> pa.Table:
+    return read_table(storage.join(storage.table_dir(root, version), "table.parquet"))
+
+
+def manifest(root: str, version: str) -> dict:
+    return storage.read_json(storage.join(storage.table_dir(root, version), "manifest.json"))
+
+
+def rows_by_pair(table: pa.Table) -> dict[tuple[int, int], list[tuple[int, str]]]:
+    t = table.sort_by([("c1", "ascending"), ("c2", "ascending"), ("rank", "ascending")])
+    out: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    for a, b, c, s in zip(*(t[n].to_pylist() for n in ("c1", "c2", "c3", "source")), strict=True):
+        out.setdefault((a, b), []).append((c, s))
+    return out
+
+
+def window_ranking(root: str, day: dt.date, window_days: int, k: int) -> dict:
+    """Plain-Python frequency ranking of [day - W, day): count desc, then c3 asc."""
+    counts: Counter = Counter()
+    for r in read_transitions(root, day - window_days * DAY, day).to_pylist():
+        counts[(r["c1"], r["c2"], r["c3"])] += r["count"]
+    per: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for (a, b, c), n in counts.items():
+        per.setdefault((a, b), []).append((-n, c))
+    return {p: [c for _, c in sorted(v)[:k]] for p, v in per.items()}
+
+
+def assert_valid_rows(table: pa.Table, k: int) -> dict:
+    """Every ordered pair has k distinct real clusters, none equal to c1 or c2."""
+    rows = rows_by_pair(table)
+    assert set(rows) == {(a, b) for a in IDS for b in IDS if a != b}
+    for (a, b), answers in rows.items():
+        c3s = [c for c, _ in answers]
+        assert len(c3s) == k and len(set(c3s)) == k, (a, b, c3s)
+        assert set(c3s) <= set(IDS) and not {a, b} & set(c3s), (a, b, c3s)
+    return rows
+
+
+def test_frequency_table_equals_window_ranking(infer_root):
+    cfg = make_cfg(infer_root, "infer.strategy=frequency")
+    result = infer.run(cfg)
+    assert result["published"] and storage.read_current(infer_root) == result["version"]
+    rows = assert_valid_rows(published_table(infer_root, result["version"]), 5)
+    expected = window_ranking(infer_root, AS_OF, cfg.retrieval.window_days, 5)
+    for pair, answers in rows.items():
+        freq = [c for c, s in answers if s == "frequency"]
+        assert freq == expected[pair][: len(freq)] and len(freq) == min(5, len(expected[pair]))
+        assert all(s == "backoff" for _, s in answers[len(freq) :])
+    m = manifest(infer_root, result["version"])
+    assert m["strategy"] == "frequency" and m["as_of"] == str(AS_OF) and m["window_days"] == 14
+    assert m["rag_snapshot_day"] == str(AS_OF) and m["guards"]["passed"]
+    assert m["guards"]["hit_rate"]["n_events"] > 0
+
+
+def test_crash_between_write_and_swap_keeps_current(infer_root, monkeypatch):
+    first = infer.run(make_cfg(infer_root, "infer.strategy=frequency", f"as_of={AS_OF - DAY}"))
+    assert storage.read_current(infer_root) == first["version"]
+
+    def crash(root, version):
+        raise RuntimeError("injected crash before the swap")
+
+    monkeypatch.setattr(storage, "swap_current", crash)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        infer.run(make_cfg(infer_root, "infer.strategy=frequency"))
+    assert storage.read_current(infer_root) == first["version"]
+    written = [
+        v for v in storage.list_dirs(storage.tables_dir(infer_root)) if v != first["version"]
+    ]
+    assert len(written) == 1  # the new version was written in full, but never named by CURRENT
+    assert storage.exists(storage.join(storage.table_dir(infer_root, written[0]), "manifest.json"))
+    assert Lookup.load(infer_root, storage.read_current(infer_root)).version == first["version"]
+
+    monkeypatch.undo()
+    again = infer.run(make_cfg(infer_root, "infer.strategy=frequency"))
+    assert storage.read_current(infer_root) == again["version"] != first["version"]
+
+
+@pytest.mark.ray
+def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, tiny_model_dir):
+    """A random tiny model fails the valid-rate guard; enforce=false publishes anyway and the
+    manifest records the override. Two runs give the same table."""
+    cfg = make_cfg(
+        infer_root,
+        "infer.strategy=rag",
+        f"model.name_or_path={tiny_model_dir}",
+        "guards.enforce=false",
+    )
+    first = infer.run(cfg)
+    second = infer.run(cfg)
+    assert first["published"] and second["published"]
+    t1 = published_table(infer_root, first["version"])
+    t2 = published_table(infer_root, second["version"])
+    rows = assert_valid_rows(t1, 5)
+    assert all(s == "llm" for answers in rows.values() for _, s in answers)
+    assert t1.equals(t2)
+    m = manifest(infer_root, second["version"])
+    assert m["guards"]["override"] is True and "valid_rate" in m["guards"]["failed"]
+    assert m["strategy"] == "rag" and m["base_model"] == tiny_model_dir
+    assert m["rag_snapshot_day"] == str(AS_OF)
+    assert first["pairs_per_s"] > 0 and 0 < first["mfu"] <= 1.5
+    assert first["perf"]["rows"] >= 56 and first["perf"]["ceiling_gflops_per_s"] > 0
+
+
+def broken_adapter(model_dir: str, path: str) -> str:
+    """A LoRA adapter with large random weights: what a diverged fine-tune leaves behind."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=64,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 1.0)
+    peft_model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.ray
+def test_broken_adapter_fails_guard_and_current_stays(
+    ray_session, infer_root, tiny_model_dir, tmp_path
+):
+    # Published: the frequency table of two days earlier (so the regression guard has days
+    # that neither table saw).
+    before = infer.run(make_cfg(infer_root, "infer.strategy=frequency", f"as_of={AS_OF - 2 * DAY}"))
+    adapter = broken_adapter(tiny_model_dir, str(tmp_path / "adapter"))
+    result = infer.run(
+        make_cfg(
+            infer_root,
+            "infer.strategy=ft",
+            f"model.name_or_path={tiny_model_dir}",
+            f"infer.adapter={adapter}",
+        )
+    )
+    assert not result["published"] and result["version"] is None
+    assert storage.read_current(infer_root) == before["version"]
+    assert storage.list_dirs(storage.tables_dir(infer_root)) == [before["version"]]
+    g = result["guards"]
+    assert "valid_rate" in g["failed"] and g["valid_rate"]["value"] < 0.9
+    assert result["reason"].startswith("guard failed: valid_rate ")
+    assert f"{g['valid_rate']['value']:.3f} < 0.900" in result["reason"]
+    assert g["regression"]["published_version"] == before["version"]
+    assert g["regression"].get("n_events", 0) > 0  # the guard compared on common days
+    report = storage.join(storage.report_dir(infer_root, "default"), f"infer-{AS_OF}-ft.json")
+    assert storage.read_json(report)["reason"] == result["reason"]
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_root_on_s3_stored_snapshot_and_adapter(ray_session, s3_bucket, tiny_model_dir, tmp_path):
+    from common import retrieval
+    from common.model import publish_adapter
+
+    root = f"{s3_bucket}/run"
+    write_inputs(root)
+    cfg = make_cfg(root, "infer.strategy=frequency")
+    W = cfg.retrieval.window_days
+    snap = retrieval.build_snapshot(read_transitions(root, AS_OF - W * DAY, AS_OF), AS_OF, W, 10)
+    retrieval.write_snapshot(root, AS_OF, W, snap)
+    freq = infer.run(cfg)
+    assert freq["snapshot"] == "stored" and storage.read_current(root) == freq["version"]
+    assert_valid_rows(published_table(root, freq["version"]), 5)
+    lookup = Lookup.load(root, freq["version"])
+    assert len(lookup.pairs) == 56
+
+    # hybrid: the adapter that adapters/LATEST names on S3, RAG from the stored snapshot.
+    local = broken_adapter(tiny_model_dir, str(tmp_path / "adapter"))
+    publish_adapter(local, root, "a1", {"base_model": tiny_model_dir})
+    hybrid = infer.run(
+        make_cfg(
+            root,
+            "infer.strategy=hybrid",
+            f"model.name_or_path={tiny_model_dir}",
+            "guards.enforce=false",
+        )
+    )
+    assert hybrid["published"] and storage.read_current(root) == hybrid["version"]
+    assert hybrid["adapter"] == f"{root}/adapters/a1"
+    m = manifest(root, hybrid["version"])
+    assert m["adapter"] == f"{root}/adapters/a1" and m["guards"]["override"] is True
+    assert_valid_rows(published_table(root, hybrid["version"]), 5)

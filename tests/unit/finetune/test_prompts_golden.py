@@ -1,0 +1,129 @@
+"""Prompt golden tests (issue 3): the exact text for a fixed pair, with and without RAG, in the
+tiny test tokenizer's ChatML template; and the token facts fine-tuning and inference rely on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from common import prompts
+from common.catalog import Catalog
+
+CATALOG = Catalog(
+    ids=(3, 7, 11, 20),
+    names=("sourdough baking", "trail running", "jazz guitar", "Action, Comedy & War"),
+    descriptions=(
+        "Starters, long ferments and open-crumb loaves.",
+        "Off-road running,\n ultras, shoes and mountain routes.",  # a newline: flattened
+        "",  # no description: the name alone
+        "Movies tagged Action, Comedy & War, such as a very long list of titles that goes on "
+        "and on past the cut",
+    ),
+)
+
+HEAD = (
+    "<|im_start|>system\n"
+    "Predict the next interest cluster a user explores. Answer with its name only.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_golden_rag(tokenizer):
+    text = prompts.render_prompt(tokenizer, CATALOG, 3, 7, [11, 20])
+    assert text == HEAD + (
+        "Previous: sourdough baking - Starters, long ferments and open-crumb loaves.\n"
+        "Current: trail running - Off-road running, ultras, shoes and mountain routes.\n"
+        "Recent next: jazz guitar; Action, Comedy & War<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_golden_rag_top1(tokenizer):
+    text = prompts.render_prompt(tokenizer, CATALOG, 11, 20, [3])
+    assert text == HEAD + (
+        "Previous: jazz guitar\n"
+        "Current: Action, Comedy & War - Movies tagged Action, Comedy & War, such as a very long "
+        "list of titles that...\n"
+        "Recent next: sourdough baking<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_golden_no_rag(tokenizer):
+    text = prompts.render_prompt(tokenizer, CATALOG, 3, 7, None)
+    assert text == HEAD + (
+        "Previous: sourdough baking - Starters, long ferments and open-crumb loaves.\n"
+        "Current: trail running - Off-road running, ultras, shoes and mountain routes.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    # An empty retrieval is the no-RAG prompt.
+    assert prompts.render_prompt(tokenizer, CATALOG, 3, 7, []) == text
+
+
+def test_answer_text_and_ids(tokenizer):
+    assert prompts.answer_text(CATALOG, 11, tokenizer) == "jazz guitar<|im_end|>"
+    assert prompts.answer_text(CATALOG, 11) == "jazz guitar<|im_end|>"
+    ids = prompts.answer_ids(tokenizer, CATALOG, 20)
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids) == "Action, Comedy & War<|im_end|>"
+    # The prompt ends exactly where the answer begins: prompt + answer as one string tokenizes
+    # to prompt ids + answer ids (no merge across the boundary).
+    for rag in (None, [11]):
+        text = prompts.render_prompt(tokenizer, CATALOG, 3, 7, rag)
+        whole = tokenizer(
+            text + prompts.answer_text(CATALOG, 20, tokenizer), add_special_tokens=False
+        )
+        assert whole["input_ids"] == prompts.prompt_ids(tokenizer, text) + ids
+
+
+def test_answer_ids_match_the_scorer(tiny_model_dir, tokenizer):
+    """The fine-tune target is exactly what inference scores (common/scoring.py PrefixScorer)."""
+    from transformers import AutoModelForCausalLM
+
+    from common.scoring import PrefixScorer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    scorer = PrefixScorer(model, tokenizer, list(CATALOG.names), HEAD)
+    assert scorer.name_tokens == [prompts.answer_ids(tokenizer, CATALOG, c) for c in CATALOG.ids]
+
+
+def test_shared_prefix_is_a_token_boundary(tokenizer):
+    """Every pair's prompt starts with the system turn; cutting there (as jobs/infer.py
+    common_prefix does) and tokenizing both parts gives the same ids as the whole prompt."""
+    texts = [
+        prompts.render_prompt(tokenizer, CATALOG, a, b, rag)
+        for a in CATALOG.ids
+        for b in CATALOG.ids
+        if a != b
+        for rag in (None, [x for x in CATALOG.ids if x not in (a, b)][:1])
+    ]
+    shared = os.path.commonprefix(texts)
+    prefix = shared[: shared.rfind("\n") + 1]
+    assert prefix == HEAD
+    for text in texts:
+        parts = prompts.prompt_ids(tokenizer, prefix) + prompts.prompt_ids(
+            tokenizer, text[len(prefix) :]
+        )
+        assert parts == prompts.prompt_ids(tokenizer, text)
+
+
+def test_packaged_model_prompt_is_short():
+    """With the packaged SmolLM2 tokenizer (when converted on this machine): the explicit system
+    turn replaces the template's default one, and a RAG prompt stays under 100 tokens."""
+    path = os.path.expanduser("~/.cache/next-interest/models/smollm2")
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        pytest.skip("packaged model not converted here (python -m common.model --prepare)")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    text = prompts.render_prompt(tok, CATALOG, 3, 7, [11])
+    assert text.startswith(HEAD) and "SmolLM" not in text
+    assert len(prompts.prompt_ids(tok, text)) < 100

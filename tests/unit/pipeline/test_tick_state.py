@@ -1,0 +1,181 @@
+"""Ticks with the steps injected (no Ray, no model): the cadence over a month, the state file,
+failures that leave CURRENT alone and are retried, repeated ticks, and the adaptive policy
+reacting to a planted change of successors. The same ticks on the real jobs run in
+tests/integration/pipeline/test_pipeline_tick.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+
+from common import schemas
+from common.config import load_config
+from common.storage import read_current, swap_current, write_json
+from common.tables_io import write_parquet
+from common.transitions import day_dir
+from jobs.pipeline import load_state, tick
+
+D0 = dt.date(2026, 3, 1)
+
+
+def day(i: int) -> dt.date:
+    return D0 + dt.timedelta(days=i)
+
+
+class FakeSteps(dict):
+    """aggregate / finetune / refresh that record their calls; refresh publishes a version named
+    after the day (as jobs.infer does); `fail` names steps that raise."""
+
+    def __init__(self):
+        super().__init__(aggregate=self.aggregate, finetune=self.finetune, refresh=self.refresh)
+        self.calls: list[tuple[str, dt.date]] = []
+        self.fail: set[str] = set()
+
+    def _call(self, name, cfg):
+        self.calls.append((name, cfg.as_of))
+        if name in self.fail:
+            raise RuntimeError(f"{name} broke")
+
+    def aggregate(self, cfg):
+        self._call("aggregate", cfg)
+        return {"days_processed": 1}
+
+    def finetune(self, cfg):
+        self._call("finetune", cfg)
+        return {"adapter": f"ft-{cfg.as_of}"}
+
+    def refresh(self, cfg):
+        self._call("refresh", cfg)
+        version = f"v-{cfg.as_of}"
+        write_json(f"{cfg.root}/tables/{version}/manifest.json", {"as_of": str(cfg.as_of)})
+        swap_current(cfg.root, version)
+        return {"version": version}
+
+    def days(self, name):
+        return [d for n, d in self.calls if n == name]
+
+
+def test_fixed_cadence_over_a_month(tmp_path):
+    cfg = load_config(
+        None,
+        [f"root={tmp_path}", "pipeline.rag_every_days=3", "pipeline.finetune_every_days=7"],
+    )
+    steps = FakeSteps()
+    for i in range(30):
+        assert tick(cfg, day(i), steps)["status"] == "done"
+    ft = [0, 7, 14, 21, 28]
+    # Every 3 days from the last refresh, and a refresh after every fine-tune.
+    refresh = [0, 3, 6, 7, 10, 13, 14, 17, 20, 21, 24, 27, 28]
+    assert steps.days("finetune") == [day(i) for i in ft]
+    assert steps.days("refresh") == [day(i) for i in refresh]
+    assert steps.days("aggregate") == [day(i) for i in range(30)]
+    # Within a tick the order is aggregate, finetune, refresh.
+    assert [n for n, d in steps.calls if d == day(7)] == ["aggregate", "finetune", "refresh"]
+    assert read_current(str(tmp_path)) == "v-" + day(28).isoformat()
+    state = load_state(str(tmp_path))
+    assert state["last_finetune"] == {"day": day(28).isoformat(), "adapter": f"ft-{day(28)}"}
+    assert state["last_refresh"]["version"] == f"v-{day(28)}"
+
+
+def test_repeated_tick_is_a_noop(tmp_path):
+    cfg = load_config(None, [f"root={tmp_path}"])
+    steps = FakeSteps()
+    first = tick(cfg, day(0), steps)
+    state = load_state(str(tmp_path))
+    again = tick(cfg, day(0), steps)
+    assert first["noop"] is False and again["noop"] is True
+    assert len(steps.calls) == 3  # aggregate, finetune, refresh: once
+    assert load_state(str(tmp_path)) == state
+
+
+def test_failed_refresh_keeps_current_and_is_retried(tmp_path):
+    root = str(tmp_path)
+    cfg = load_config(None, [f"root={root}", "pipeline.rag_every_days=2"])
+    steps = FakeSteps()
+    tick(cfg, day(0), steps)
+    assert read_current(root) == f"v-{day(0)}"
+    tick(cfg, day(1), steps)
+
+    steps.fail = {"refresh"}
+    r = tick(cfg, day(2), steps)
+    assert r["status"] == "failed" and r["failed_step"] == "refresh"
+    assert "refresh broke" in r["error"]
+    assert read_current(root) == f"v-{day(0)}"
+    assert load_state(root)["last_refresh"]["day"] == day(0).isoformat()
+
+    # Retried by the same day's tick: only the failed step runs again.
+    steps.fail = set()
+    n = len(steps.calls)
+    r = tick(cfg, day(2), steps)
+    assert r["status"] == "done" and steps.calls[n:] == [("refresh", day(2))]
+    assert read_current(root) == f"v-{day(2)}"
+
+
+def test_failed_step_is_retried_by_the_next_day(tmp_path):
+    root = str(tmp_path)
+    cfg = load_config(
+        None, [f"root={root}", "pipeline.rag_every_days=2", "pipeline.finetune_every_days=4"]
+    )
+    steps = FakeSteps()
+    for i in range(4):
+        tick(cfg, day(i), steps)
+    # Day 4: the fine-tune fails; the refresh after it does not run (it would use a stale adapter).
+    steps.fail = {"finetune"}
+    r = tick(cfg, day(4), steps)
+    assert r["failed_step"] == "finetune" and read_current(root) == f"v-{day(2)}"
+    assert ("refresh", day(4)) not in steps.calls
+    # Day 5: both are overdue and run.
+    steps.fail = set()
+    r = tick(cfg, day(5), steps)
+    assert r["status"] == "done" and set(r["plan"]) == {"aggregate", "finetune", "refresh"}
+    assert load_state(root)["last_finetune"]["day"] == day(5).isoformat()
+    assert read_current(root) == f"v-{day(5)}"
+
+
+def plant_counts(root: str, days: range, successors: list[int]) -> None:
+    """Each day: pairs (0, 1) and (1, 0) lead to `successors`, most frequent first."""
+    for i in days:
+        rows = [
+            dict(day=day(i), c1=a, c2=b, c3=c, count=10 - r)
+            for a, b in ((0, 1), (1, 0))
+            for r, c in enumerate(successors)
+        ]
+        write_parquet(
+            pa.Table.from_pylist(rows, schema=schemas.TRANSITIONS),
+            day_dir(root, day(i)) + "/part-0.parquet",
+        )
+
+
+def test_adaptive_finetunes_after_the_successors_change(tmp_path):
+    root = str(tmp_path)
+    # Days 0..29 one set of successors, days 30..59 a disjoint one.
+    plant_counts(root, range(0, 30), [2, 3, 4, 5, 6])
+    plant_counts(root, range(30, 60), [7, 8, 9, 10, 11])
+    overrides = [
+        f"root={root}",
+        "finetune.window_days=10",
+        "pipeline.rag_every_days=2",
+        "pipeline.drift_threshold=0.5",
+        "pipeline.drift_window_days=7",
+        "pipeline.drift_min_support=5",
+        "pipeline.min_finetune_gap_days=3",
+    ]
+    adaptive = load_config(None, overrides + ["pipeline.policy=adaptive"])
+    steps = FakeSteps()
+    for i in range(10, 60):
+        tick(adaptive, day(i), steps)
+    # First tick: the first fine-tune. Stable until the recent 7 days are mostly the new
+    # successors: day 34 (days 30..33 outweigh 27..29). The day-34 adapter's window [24, 34) is
+    # still mostly the old ones, so drift is measured again and fine-tunes once more at the
+    # earliest day the gap allows (37), whose window [27, 37) is mostly new: then stable.
+    assert steps.days("finetune") == [day(10), day(34), day(37)]
+    plan = load_state(root)["ticks"][day(34).isoformat()]["plan"]
+    assert plan["finetune"] == "drift (jaccard=0.111)"  # top-5 {7, 8, 9, 10, 2} vs {2..6}: 1/9
+
+    # The fixed monthly policy fine-tunes on days 10 and 40, whatever the data did.
+    fixed = load_config(None, [*overrides, f"root={tmp_path / 'fixed'}"])
+    steps = FakeSteps()
+    for i in range(10, 60):
+        tick(fixed, day(i), steps)
+    assert steps.days("finetune") == [day(10), day(40)]
