@@ -224,9 +224,7 @@ def load_tokenizer(model_dir: Any):
     return tokenizer
 
 
-def load_model(
-    model_dir: Any, dtype: Any = None, adapter: str | None = None, device: str = "cpu"
-):
+def load_model(model_dir: Any, dtype: Any = None, adapter: str | None = None, device: str = "cpu"):
     """The causal LM in eval mode on `device`, with the PEFT adapter applied when given.
 
     `model_dir` is a directory or a `cfg.model` section (object or dict; its `dtype` setting is
@@ -237,8 +235,10 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     if dtype is None:
-        dtype = model_dir.get("dtype", "auto") if isinstance(model_dir, dict) else getattr(
-            model_dir, "dtype", "auto"
+        dtype = (
+            model_dir.get("dtype", "auto")
+            if isinstance(model_dir, dict)
+            else getattr(model_dir, "dtype", "auto")
         )
     model_dir = as_model_dir(model_dir)
     if not isinstance(dtype, torch.dtype):
