@@ -42,6 +42,9 @@ def auth_env(token: str) -> dict:
            "RAY_USAGE_STATS_ENABLED": "0"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
+    # The job's entrypoint `python` is looked up on the head's PATH: make it this venv's, as
+    # an activated venv would (`make test` runs .venv/bin/python without activating).
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     return env
 
 
