@@ -64,11 +64,10 @@ class SimulateConfig(Section):
 
 class AggregateConfig(Section):
     engine: Literal["tasks", "dataset"] = Field(
-        "tasks",
-        description="tasks: the shuffle as plain Ray tasks (fastest: ~1.2-2x one DuckDB query on "
-        "10M events, ~1 s per small incremental run); dataset: Ray Data groupby/map_groups with "
-        "the sort shuffle (same counts, ~2.4-3x DuckDB, a few s more per small run). "
-        "docs/benchmarks-aggregate.md.",
+        "dataset",
+        description="dataset: Ray Data groupby/map_groups with the sort shuffle (~2.4-3x one "
+        "DuckDB query on 10M events); tasks: the same shuffle as plain Ray tasks (same counts, "
+        "~1.1-2.5x DuckDB, a few s less per small incremental run). docs/benchmarks.md.",
     )
     num_partitions: int | None = Field(
         None, description="User shards of the per-user shuffle (None: 2 per CPU of the cluster)."
