@@ -7,7 +7,7 @@ Simulates the log once (cached under data/bench/, keyed by its size), then times
 one run, (1) one DuckDB query computing the SYSTEM.md daily novel-transition counts
 (bench/duckdb_transitions.py) and (2) the aggregate job as a fresh process (Python start, Ray
 start, read, shuffle, write, drift report: everything a user waits for), and checks that both
-give exactly the same counts. Prints one JSON line; docs/benchmarks-aggregate.md records results.
+give exactly the same counts. Prints one JSON line; docs/benchmarks.md records results.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ common/prompts.py with the model's chat template), measured in one run:
 4. with `--job`: `python -m jobs.infer --set infer.strategy=rag` end to end as a fresh process
    (Ray start, actor pool, model load, table + guard rows, guards, publish) on synthetic daily
    counts of the same clusters, timed from the outside.
-Prints one JSON line. docs/benchmarks-infer.md records results.
+Prints one JSON line. docs/benchmarks.md records results.
 """
 
 from __future__ import annotations

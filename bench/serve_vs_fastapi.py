@@ -14,7 +14,7 @@ its own port ("direct ingress", the target an external load balancer is given); 
 measured too, as `serve_direct`, beside the proxy path `serve`.
 
 The bar (issue 5): Serve >= 0.5x the bare app's requests/s with zero errors. Results go to
-docs/benchmarks-serve.md. The machine is shared: the 1-minute load average is printed per run.
+docs/benchmarks.md. The machine is shared: the 1-minute load average is printed per run.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the Batch body model itself.

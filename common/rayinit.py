@@ -7,6 +7,17 @@ import os
 from common.config import Config
 
 RUNTIME_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_state_api_warnings() -> None:
+    """Worker setup hook for a local Ray started without its dashboard: Ray Train's placement
+    group cleaner polls the State API (served by the dashboard) every second and would warn
+    each time that it is unavailable, burying the job's progress. It still cleans up; its
+    errors still show."""
+    import logging
+
+    logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def init_ray(cfg: Config):
@@ -27,6 +38,7 @@ def init_ray(cfg: Config):
         if cfg.ray.object_store_memory is not None:
             kwargs["object_store_memory"] = cfg.ray.object_store_memory
         kwargs["include_dashboard"] = False
+        kwargs["runtime_env"] = {"worker_process_setup_hook": quiet_state_api_warnings}
     ray.init(**kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = True
     return ray

@@ -1,7 +1,7 @@
 """The fast engine of jobs.aggregate: a two-stage hash shuffle written as plain Ray tasks.
 
 Why beside Ray Data's groupby (engine `dataset`): on 10M events and 2 cores Ray Data's
-shuffles add overhead to numpy work that itself takes seconds (docs/benchmarks-aggregate.md:
+shuffles add overhead to numpy work that itself takes seconds (docs/benchmarks.md:
 ~2.4-3x one DuckDB query with Ray Data, ~1.2-2x here). Here the same dataflow is three waves of
 tasks whose outputs stay in the object store and are passed by reference:
 
