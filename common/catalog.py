@@ -1,4 +1,6 @@
-"""The cluster catalog: ids, names and descriptions of the interest clusters (SYSTEM.md "Inputs")."""
+"""The cluster catalog: ids, names and descriptions of the interest clusters.
+
+SYSTEM.md "Inputs"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The command line every job shares: `--config FILE`, repeatable `--set key=value`, one JSON line out."""
+"""The command line every job shares: `--config FILE`, repeatable `--set key=value`, one JSON
+line out."""
 
 from __future__ import annotations
 

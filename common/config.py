@@ -95,7 +95,9 @@ class IngestConfig(Section):
         "MovieTweetings); None keeps every rating.",
     )
     min_cluster_items: int = Field(
-        30, ge=1, description="Genre combinations with fewer movies fold into their commonest genre."
+        30,
+        ge=1,
+        description="Genre combinations with fewer movies fold into their commonest genre.",
     )
 
 
@@ -143,7 +145,9 @@ class FinetuneConfig(Section):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"
+        ]
     )
     learning_rate: float = Field(2e-3, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -225,7 +229,9 @@ class PipelineConfig(Section):
         "after a fine-tune, ~0.14 once the windows no longer overlap (docs/results.md).",
     )
     drift_window_days: int = Field(
-        14, ge=1, description="Adaptive: the recent window [d - W, d) compared with the fine-tune's."
+        14,
+        ge=1,
+        description="Adaptive: the recent window [d - W, d) compared with the fine-tune's.",
     )
     drift_min_support: int = Field(
         10, ge=1, description="Adaptive: transitions a pair needs in both windows to count."
@@ -265,7 +271,9 @@ class EvaluateConfig(Section):
 class Config(Section):
     root: str = Field("data", description="Where the system writes: local path or s3://bucket/prefix.")
     report: str = Field("default", description="Name of the report folder a job writes.")
-    as_of: dt.date | None = Field(None, description="The day d a job builds for (None: last day + 1).")
+    as_of: dt.date | None = Field(
+        None, description="The day d a job builds for (None: last day + 1)."
+    )
     inputs: InputsConfig = Field(default_factory=InputsConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)

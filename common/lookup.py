@@ -37,7 +37,8 @@ def _grouped(table: pa.Table, keys: list[str]) -> dict[tuple, tuple[tuple[int, f
 
 @dataclass(frozen=True)
 class Lookup:
-    """Immutable answers: a dict lookup per request (microseconds), swapped whole on a new version."""
+    """Immutable answers: a dict lookup per request (microseconds), swapped whole on a new
+    version."""
 
     version: str
     pairs: dict[tuple[int, int], tuple[tuple[int, float], ...]]
@@ -63,7 +64,10 @@ class Lookup:
         sources = {
             (a, b): s
             for a, b, s in zip(
-                desc["c1"].to_pylist(), desc["c2"].to_pylist(), desc["source"].to_pylist(), strict=True
+                desc["c1"].to_pylist(),
+                desc["c2"].to_pylist(),
+                desc["source"].to_pylist(),
+                strict=True,
             )
         }
         back = {k[0]: v for k, v in _grouped(backoff, ["c2"]).items()}

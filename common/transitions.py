@@ -34,7 +34,9 @@ def read_transitions(
     root: str, start: dt.date | None = None, end: dt.date | None = None
 ) -> pa.Table:
     """Counts of the days in [start, end) (either bound open when None), schemas.TRANSITIONS."""
-    days = [d for d in list_days(root) if (start is None or d >= start) and (end is None or d < end)]
+    days = [
+        d for d in list_days(root) if (start is None or d >= start) and (end is None or d < end)
+    ]
     if not days:
         return schemas.TRANSITIONS.empty_table()
     fs, base = arrow_fs_for(transitions_dir(root))

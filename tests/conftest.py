@@ -1,4 +1,5 @@
-"""Fixtures shared by the suite: one Ray session, moto's S3 server on 127.0.0.1, a temporary root."""
+"""Fixtures shared by the suite: one Ray session, moto's S3 server on 127.0.0.1, a temporary
+root."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def root(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """A tiny random Llama model dir + local tokenizer with a chat template (tests/tiny_model.py)."""
+    """A tiny random Llama model dir + local tokenizer with a chat template
+    (tests/tiny_model.py)."""
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model")
