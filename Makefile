@@ -24,7 +24,8 @@ model: venv
 demo: venv model
 	$(BIN)/python -m jobs.demo
 
-test: venv
+# The model too: the golden prompt test reads the packaged tokenizer (once, ~1 min).
+test: venv model
 	$(BIN)/python -m pytest -q
 
 lint: venv
