@@ -241,7 +241,7 @@ def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
             "result": _small(result),
         }
         if name == "finetune":
-            state["last_finetune"] = {"day": key, "adapter": _find(result, "adapter", "version")}
+            state["last_finetune"] = {"day": key, "adapter": result["adapter"]}
         if name == "refresh":
             state["last_refresh"] = {"day": key, "version": result.get("version")}
         save_state(cfg.root, state)
@@ -254,13 +254,6 @@ def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
         "plan": record["plan"],
         "current": read_current(cfg.root),
     }
-
-
-def _find(result: dict, *keys: str):
-    for k in keys:
-        if isinstance(result, dict) and result.get(k) is not None:
-            return result[k]
-    return None
 
 
 def _small(result: Any) -> Any:

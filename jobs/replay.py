@@ -35,14 +35,12 @@ from common.cli import InputError
 from common.config import Config
 from common.lookup import Lookup
 from common.storage import (
-    adapters_dir,
     arrow_fs_for,
     exists,
     join,
     list_dirs,
     read_current,
     read_json,
-    read_text,
     remove,
     report_dir,
     write_json,
@@ -185,7 +183,7 @@ class Replayer:
 
             t0 = time.perf_counter()
             result = finetune.run(with_overrides(self.cfg, as_of=day))
-            path = adapter_path(self.work, result)
+            path = result["adapter"]  # jobs.finetune's published adapter directory
             self.index[entry] = {"path": path, "seconds": round(time.perf_counter() - t0, 3)}
             write_json(self.index_uri, self.index)
         return self.index[entry]["path"], float(self.index[entry]["seconds"])
@@ -220,19 +218,6 @@ def table_key(cfg: Config) -> str:
         cfg.guards.model_dump(mode="json"),
     ]
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def adapter_path(root: str, result: dict) -> str:
-    """The adapter folder a jobs.finetune result names (a path, or a version under adapters/)."""
-    for key in ("adapter_dir", "adapter_path", "path", "adapter", "version"):
-        value = result.get(key)
-        if value:
-            value = str(value)
-            if "/" in value:
-                return value
-            return join(adapters_dir(root), value)
-    latest = join(adapters_dir(root), "LATEST")
-    return join(adapters_dir(root), read_text(latest).strip())
 
 
 def replay(
