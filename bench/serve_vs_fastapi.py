@@ -11,7 +11,9 @@ answers/s, errors and p50/p99 latency. Run:
 
 With --throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) the replica also serves HTTP on
 its own port ("direct ingress", the target an external load balancer is given); that path is
-measured too, as `serve_direct`, beside the proxy path `serve`.
+measured too, as `serve_direct`, beside the proxy path `serve`. With --haproxy
+(RAY_SERVE_ENABLE_HA_PROXY=1 as well: the project's default, common/rayinit.py) Serve's port is
+HAProxy forwarding to those replica ports instead of the Python proxy; `serve` measures it.
 
 The bar (issue 5): Serve >= 0.5x the bare app's requests/s with zero errors. Results go to
 docs/benchmarks.md. The machine is shared: the 1-minute load average is printed per run.
@@ -231,7 +233,14 @@ def main() -> None:
         help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress (no proxy hop), user code on the "
         "replica's main loop, buffered request logs.",
     )
+    p.add_argument(
+        "--haproxy",
+        action="store_true",
+        help="RAY_SERVE_ENABLE_HA_PROXY=1 (implies --throughput-optimized): HAProxy, not Serve's "
+        "Python proxy, on the HTTP port (the project's default ingress).",
+    )
     a = p.parse_args()
+    a.throughput_optimized |= a.haproxy
 
     root = tempfile.mkdtemp(prefix="bench_serve_")
     version = make_table(root, a.clusters, a.k)
@@ -241,8 +250,10 @@ def main() -> None:
     bare.start()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if a.throughput_optimized:  # read when ray.serve is imported, here and in every Ray worker
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    # Read when ray.serve is imported, here and in every Ray worker; set both ways so that the
+    # project's defaults (common/rayinit.py) or the shell do not change what is measured.
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if a.throughput_optimized else "0"
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if a.haproxy else "0"
     import ray
     from ray import serve
 

@@ -7,6 +7,16 @@ import os
 from common.config import Config
 
 RUNTIME_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+# Serve's ingress, read by Ray's processes when they start (so set before ray.init / ray start):
+# HAProxy on the HTTP port forwarding to each replica's own HTTP port ("direct ingress"),
+# instead of Serve's Python proxy, which gave 6x fewer requests/s on 2 cores (docs/benchmarks.md).
+# A stopping replica drains at least this long (Ray's default, 30 s, leaves an external load
+# balancer time to notice); locally HAProxy is Serve's own and 5 s is plenty (cluster.yaml: 30).
+SERVE_INGRESS_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}
 PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
@@ -26,7 +36,7 @@ def init_ray(cfg: Config):
 
     if ray.is_initialized():
         return ray
-    for key, value in RUNTIME_ENV_VARS.items():
+    for key, value in {**RUNTIME_ENV_VARS, **SERVE_INGRESS_ENV}.items():
         os.environ.setdefault(key, value)
     kwargs: dict = {"log_to_driver": True}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")

@@ -97,7 +97,7 @@ BAD = [
     ("get", "/v1/next", {"history": "1,2", "k": 21}, 400, "out of range"),
     ("get", "/v1/next", {"history": "1,2", "k": "ten"}, 422, "int"),
     ("get", "/v1/next", {"history": ",".join(["1", "2"] * 60)}, 400, "at most 100"),
-    ("get", "/v1/next", {"history": ",".join(["1"] * 5000)}, 400, "too long"),
+    ("get", "/v1/next", {"history": ",".join(["1"] * 1000)}, 400, "too long"),
     ("post", "/v1/next", {"histories": [[1, 2]], "k": 99}, 400, "out of range"),
     ("post", "/v1/next", {"histories": [[1, 2], [3]]}, 400, "histories[1]"),
     ("post", "/v1/next", {"histories": [[1, 2], [3, 77]]}, 400, "histories[1]: unknown"),
@@ -113,7 +113,7 @@ BAD = [
     ("get", "/v1/recommend", {"items": "i1-0", "n": 0}, 400, "out of range"),
     ("get", "/v1/recommend", {"items": "i1-0", "k": 100}, 400, "out of range"),
     ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 21)}, 400, "1..20"),
-    ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 5000)}, 400, "too long"),
+    ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 300)}, 400, "too long"),
     ("get", "/v1/recommend", {"items": "i1-0", "n": "x"}, 422, "int"),
 ]
 
@@ -130,6 +130,15 @@ def test_bad_input_is_a_4xx_with_a_message(serve_app, method, path, data, status
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert message in (detail if isinstance(detail, str) else str(detail))
+
+
+@pytest.mark.parametrize("path, param", [("/v1/next", "history"), ("/v1/recommend", "items")])
+def test_a_url_past_the_ingress_buffer_is_a_4xx(serve_app, path, param):
+    """~40 KB of ids: the ingress (HAProxy's 16 KB request buffer) refuses it before the app;
+    through Serve's Python proxy the app's own length check does. A 4xx either way."""
+    r = serve_app.client.get(serve_app.url + path, params={param: ",".join(["1"] * 10_000)})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
+    assert r.text.strip()
 
 
 FUZZ_EXAMPLES_PER_MODE = 60
