@@ -20,14 +20,23 @@ SERVE_INGRESS_ENV = {
 PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
-def quiet_state_api_warnings() -> None:
+# Ray Train V2 logs every `ray.train.report` at INFO (the whole metrics dict, one long line per
+# step) to a logger named after its source file; jobs.finetune prints its own step line.
+TRAIN_REPORT_LOGGER_FILE = "train/v2/_internal/execution/context.py"
+
+
+def quiet_ray_train_logs() -> None:
     """Worker setup hook for a local Ray started without its dashboard: Ray Train's placement
     group cleaner polls the State API (served by the dashboard) every second and would warn
     each time that it is unavailable, burying the job's progress. It still cleans up; its
-    errors still show."""
+    errors still show. Ray Train's per-step report echo goes too (warnings still show)."""
     import logging
 
+    import ray
+
     logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    report_logger = os.path.join(os.path.dirname(ray.__file__), TRAIN_REPORT_LOGGER_FILE)
+    logging.getLogger(report_logger).setLevel(logging.WARNING)
 
 
 def init_ray(cfg: Config):
@@ -48,7 +57,7 @@ def init_ray(cfg: Config):
         if cfg.ray.object_store_memory is not None:
             kwargs["object_store_memory"] = cfg.ray.object_store_memory
         kwargs["include_dashboard"] = False
-        kwargs["runtime_env"] = {"worker_process_setup_hook": quiet_state_api_warnings}
+        kwargs["runtime_env"] = {"worker_process_setup_hook": quiet_ray_train_logs}
     ray.init(**kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = True
     return ray
