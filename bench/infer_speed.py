@@ -61,6 +61,23 @@ def rag_of(catalog: Catalog, seed: int = 0) -> dict[tuple[int, int], list[int]]:
     return out
 
 
+def bench_prompts(tok, n_clusters: int, n_pairs: int = 0):
+    """The RAG prompts of the ordered pairs of the first `n_clusters` taxonomy clusters (the first
+    `n_pairs`; 0: all), rendered as the job renders them and split at their shared prefix:
+    (catalog, pairs, texts, prefix, suffixes, exclude), exclude = each pair's catalog positions."""
+    from common import prompts
+    from jobs.infer import common_prefix
+
+    catalog = bench_catalog(n_clusters)
+    rag = rag_of(catalog)
+    pairs = sorted(rag)[: n_pairs or None]
+    texts = [prompts.render_prompt(tok, catalog, a, b, rag[(a, b)]) for a, b in pairs]
+    prefix = common_prefix(texts)
+    suffixes = [t[len(prefix) :] for t in texts]
+    exclude = [[catalog.position(a), catalog.position(b)] for a, b in pairs]
+    return catalog, pairs, texts, prefix, suffixes, exclude
+
+
 def write_synthetic_inputs(root: str, catalog: Catalog, days: int = 16, seed: int = 0) -> None:
     """Daily counts in the storage contract: each pair prefers a few successors (plus noise)."""
     write_parquet(
@@ -166,23 +183,16 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from common import prompts
     from common.model import load_model, load_tokenizer, pick_dtype, resolve_model
     from common.scoring import PrefixScorer
-    from jobs.infer import common_prefix, matmul_ceiling
+    from jobs.infer import matmul_ceiling
 
     cfg = load_config(None, args.overrides)
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     model_dir = resolve_model(cfg.model)
     tok = load_tokenizer(model_dir)
-    catalog = bench_catalog(args.clusters)
-    rag = rag_of(catalog)
-    pairs = sorted(rag)[: args.pairs or None]
-    texts = [prompts.render_prompt(tok, catalog, a, b, rag[(a, b)]) for a, b in pairs]
-    prefix = common_prefix(texts)
-    exclude = [[catalog.position(a), catalog.position(b)] for a, b in pairs]
-    suffixes = [t[len(prefix) :] for t in texts]
+    catalog, pairs, texts, prefix, suffixes, exclude = bench_prompts(tok, args.clusters, args.pairs)
     n_tokens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     out: dict = {
         "model": cfg.model.name_or_path,
