@@ -39,14 +39,20 @@ def quiet_ray_train_logs() -> None:
     logging.getLogger(report_logger).setLevel(logging.WARNING)
 
 
+def set_ray_env() -> None:
+    """The environment Ray's processes start with (RUNTIME_ENV_VARS, SERVE_INGRESS_ENV), where
+    the shell has not set them: before ray.init here, and before the test session's Ray."""
+    for key, value in {**RUNTIME_ENV_VARS, **SERVE_INGRESS_ENV}.items():
+        os.environ.setdefault(key, value)
+
+
 def init_ray(cfg: Config):
     """ray.init once; under `ray job submit` (RAY_ADDRESS set) this joins the cluster."""
     import ray
 
     if ray.is_initialized():
         return ray
-    for key, value in {**RUNTIME_ENV_VARS, **SERVE_INGRESS_ENV}.items():
-        os.environ.setdefault(key, value)
+    set_ray_env()
     kwargs: dict = {"log_to_driver": True}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -8,14 +8,11 @@ import socket
 
 import pytest
 
-from common.rayinit import SERVE_INGRESS_ENV
+from common.rayinit import set_ray_env
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The jobs' environment; Serve tests go through the ingress the project deploys with.
+set_ray_env()
 os.environ.pop("RAY_ADDRESS", None)
-# Serve tests go through the ingress the project deploys with (HAProxy + direct ingress).
-for _key, _value in SERVE_INGRESS_ENV.items():
-    os.environ.setdefault(_key, _value)
 
 
 def free_port() -> int:
