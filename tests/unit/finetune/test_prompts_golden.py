@@ -116,15 +116,15 @@ def test_shared_prefix_is_a_token_boundary(tokenizer):
 
 
 def test_packaged_model_prompt_is_short():
-    """With the packaged SmolLM2 tokenizer (when converted on this machine): the explicit system
+    """With the packaged SmolLM2 tokenizer (`make model` converts it): the explicit system
     turn replaces the template's default one, and a RAG prompt stays under 100 tokens."""
     from common.config import ModelConfig
     from common.model import converted_dir, is_converted
 
     model_cfg = ModelConfig()
     path = converted_dir(model_cfg.name_or_path, model_cfg.cache_dir)
-    if not is_converted(path):  # `make test` prepares it first; a bare pytest may not have
-        pytest.skip("packaged model not converted here (python -m common.model --prepare)")
+    # `make test` prepares it first; a missing model is a failure, not a silent pass.
+    assert is_converted(path), f"packaged model not converted at {path}: run `make model`"
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
