@@ -42,10 +42,14 @@ from common.transitions import day_dir
 AS_OF = dt.date(2026, 3, 17)
 
 
-def bench_catalog(n: int) -> Catalog:
+def bench_catalog(n: int, descriptions: bool = True) -> Catalog:
+    """The first `n` taxonomy clusters; without `descriptions` the prompts carry names only
+    (the shortest prompt common/prompts.py renders: a bound on what shorter prompts can gain)."""
     clusters = all_clusters()[:n]
     return Catalog(
-        tuple(range(n)), tuple(c.name for c in clusters), tuple(c.description for c in clusters)
+        tuple(range(n)),
+        tuple(c.name for c in clusters),
+        tuple(c.description if descriptions else "" for c in clusters),
     )
 
 
@@ -61,14 +65,14 @@ def rag_of(catalog: Catalog, seed: int = 0) -> dict[tuple[int, int], list[int]]:
     return out
 
 
-def bench_prompts(tok, n_clusters: int, n_pairs: int = 0):
+def bench_prompts(tok, n_clusters: int, n_pairs: int = 0, descriptions: bool = True):
     """The RAG prompts of the ordered pairs of the first `n_clusters` taxonomy clusters (the first
     `n_pairs`; 0: all), rendered as the job renders them and split at their shared prefix:
     (catalog, pairs, texts, prefix, suffixes, exclude), exclude = each pair's catalog positions."""
     from common import prompts
     from jobs.infer import common_prefix
 
-    catalog = bench_catalog(n_clusters)
+    catalog = bench_catalog(n_clusters, descriptions)
     rag = rag_of(catalog)
     pairs = sorted(rag)[: n_pairs or None]
     texts = [prompts.render_prompt(tok, catalog, a, b, rag[(a, b)]) for a, b in pairs]
@@ -177,6 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam-pairs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--job", action="store_true", help="Also time the job end to end.")
+    parser.add_argument(
+        "--no-descriptions",
+        action="store_true",
+        help="Prompts with cluster names only (no descriptions): the shortest prompts, both sides.",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -192,11 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(threads)
     model_dir = resolve_model(cfg.model)
     tok = load_tokenizer(model_dir)
-    catalog, pairs, texts, prefix, suffixes, exclude = bench_prompts(tok, args.clusters, args.pairs)
+    catalog, pairs, texts, prefix, suffixes, exclude = bench_prompts(
+        tok, args.clusters, args.pairs, descriptions=not args.no_descriptions
+    )
     n_tokens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     out: dict = {
         "model": cfg.model.name_or_path,
         "clusters": args.clusters,
+        "descriptions": not args.no_descriptions,
         "pairs": len(pairs),
         "threads": threads,
         "cpu_bf16": pick_dtype("auto") == torch.bfloat16,
