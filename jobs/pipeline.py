@@ -58,9 +58,18 @@ def finetune_due(
         return False, "gap"
     if pcfg.max_finetune_gap_days is not None and gap >= pcfg.max_finetune_gap_days:
         return True, "max_gap"
-    if jaccard is not None and jaccard < pcfg.drift_threshold:
+    if jaccard is None:
+        return False, "unmeasured"
+    if jaccard < pcfg.drift_threshold:
         return True, "drift"
     return False, "stable"
+
+
+UNMEASURED_HINT = (
+    "adaptive: drift unmeasured on %s: no pair has pipeline.drift_min_support=%d transitions in "
+    "both the fine-tune's window and the last %d days, so no drift fine-tune can fire; lower "
+    "pipeline.drift_min_support or set pipeline.max_finetune_gap_days for a sparse log"
+)
 
 
 def top_successors(transitions: pa.Table, start: dt.date, end: dt.date, top: int, min_support: int):
@@ -192,6 +201,8 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
         )
         jaccard = drift_since_finetune(cfg, read_transitions(cfg.root, lo, day), last_ft, day)
     due, reason = finetune_due(pcfg, last_ft, day, jaccard)
+    if reason == "unmeasured":
+        log.warning(UNMEASURED_HINT, day, pcfg.drift_min_support, pcfg.drift_window_days)
     if due:
         plan["finetune"] = reason if jaccard is None else f"{reason} (jaccard={jaccard:.3f})"
     last_refresh = _day(state.get("last_refresh", {}) and state["last_refresh"].get("day"))

@@ -47,7 +47,13 @@ from common.storage import (
 )
 from common.transitions import list_days, read_transitions
 from jobs.evaluate import add_counts, hit_counts, manifest_of, rates, valid_rate_of
-from jobs.pipeline import drift_since_finetune, finetune_due, window_jaccard, with_overrides
+from jobs.pipeline import (
+    UNMEASURED_HINT,
+    drift_since_finetune,
+    finetune_due,
+    window_jaccard,
+    with_overrides,
+)
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +266,7 @@ def replay(
     copied: set = set()
     adaptive_cfg = with_overrides(cfg, pipeline__policy="adaptive")
     drift_by_day: dict[str, dict] = {}
+    unmeasured_warned = False
 
     for day in tqdm(serving_days(start, end), desc="replay days", unit="day"):
         copy_days_before(cfg.root, work, day, copied)
@@ -280,6 +287,14 @@ def replay(
                 jac = drift_since_finetune(cfg, history, last, day) if last else None
                 due, reason = finetune_due(adaptive_cfg.pipeline, last, day, jac)
                 drift_by_day[day.isoformat()]["adaptive_jaccard"] = jac
+                if reason == "unmeasured" and not unmeasured_warned:  # once, not every day
+                    unmeasured_warned = True
+                    log.warning(
+                        UNMEASURED_HINT,
+                        day,
+                        cfg.pipeline.drift_min_support,
+                        cfg.pipeline.drift_window_days,
+                    )
                 if due:
                     ft_days = ft_days | {day}
                     builds = builds | {day}

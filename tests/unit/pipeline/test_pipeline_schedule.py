@@ -50,7 +50,7 @@ def test_adaptive_policy_follows_drift_with_gaps():
     assert finetune_due(pcfg, day(0), day(10), jaccard=0.3) == (True, "drift")
     assert finetune_due(pcfg, day(0), day(3), jaccard=0.0) == (False, "gap")
     assert finetune_due(pcfg, day(0), day(40), jaccard=0.9) == (True, "max_gap")
-    assert finetune_due(pcfg, day(0), day(35), jaccard=None) == (False, "stable")
+    assert finetune_due(pcfg, day(0), day(35), jaccard=None) == (False, "unmeasured")
 
 
 def counts(rows):

@@ -179,3 +179,31 @@ def test_adaptive_finetunes_after_the_successors_change(tmp_path):
     for i in range(10, 60):
         tick(fixed, day(i), steps)
     assert steps.days("finetune") == [day(10), day(40)]
+
+
+def test_adaptive_on_a_sparse_log_says_drift_is_unmeasured(tmp_path, caplog):
+    """A log too thin for the drift check (no pair reaches drift_min_support in both windows):
+    the same disjoint change as above, but no drift fine-tune can fire, and the tick says why
+    and what to set instead of passing it off as stable."""
+    root = str(tmp_path)
+    plant_counts(root, range(0, 30), [2, 3, 4, 5, 6])
+    plant_counts(root, range(30, 60), [7, 8, 9, 10, 11])
+    cfg = load_config(
+        None,
+        [
+            f"root={root}",
+            "finetune.window_days=10",
+            "pipeline.policy=adaptive",
+            "pipeline.drift_window_days=7",
+            "pipeline.drift_min_support=1000",
+            "pipeline.min_finetune_gap_days=3",
+        ],
+    )
+    steps = FakeSteps()
+    with caplog.at_level("WARNING", logger="jobs.pipeline"):
+        for i in range(10, 60):
+            tick(cfg, day(i), steps)
+    assert steps.days("finetune") == [day(10)]
+    hints = [r.getMessage() for r in caplog.records if "drift unmeasured" in r.getMessage()]
+    assert len(hints) == 60 - 13  # every tick once the 3-day gap has passed
+    assert "pipeline.max_finetune_gap_days" in hints[0] and "drift_min_support=1000" in hints[0]
