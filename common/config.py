@@ -234,7 +234,11 @@ class PipelineConfig(Section):
         description="Adaptive: the recent window [d - W, d) compared with the fine-tune's.",
     )
     drift_min_support: int = Field(
-        10, ge=1, description="Adaptive: transitions a pair needs in both windows to count."
+        10,
+        ge=1,
+        description="Adaptive: transitions a pair needs in both windows to count. When no pair "
+        "has them (a sparse log), the drift is unmeasured and only max_finetune_gap_days can "
+        "trigger a fine-tune (ticks warn).",
     )
     min_finetune_gap_days: int = Field(
         14, ge=1, description="Adaptive: never fine-tune twice within this many days."
