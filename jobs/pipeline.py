@@ -65,11 +65,17 @@ def finetune_due(
     return False, "stable"
 
 
-UNMEASURED_HINT = (
-    "adaptive: drift unmeasured on %s: no pair has pipeline.drift_min_support=%d transitions in "
-    "both the fine-tune's window and the last %d days, so no drift fine-tune can fire; lower "
-    "pipeline.drift_min_support or set pipeline.max_finetune_gap_days for a sparse log"
-)
+def warn_drift_unmeasured(pcfg: PipelineConfig, day: dt.date) -> None:
+    """Say why the adaptive policy cannot fine-tune on drift (finetune_due's "unmeasured") and
+    what to set: a sparse log otherwise looks like a stable one."""
+    log.warning(
+        "adaptive: drift unmeasured on %s: no pair has pipeline.drift_min_support=%d transitions "
+        "in both the fine-tune's window and the last %d days, so no drift fine-tune can fire; "
+        "lower pipeline.drift_min_support or set pipeline.max_finetune_gap_days for a sparse log",
+        day,
+        pcfg.drift_min_support,
+        pcfg.drift_window_days,
+    )
 
 
 def top_successors(transitions: pa.Table, start: dt.date, end: dt.date, top: int, min_support: int):
@@ -202,7 +208,7 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
         jaccard = drift_since_finetune(cfg, read_transitions(cfg.root, lo, day), last_ft, day)
     due, reason = finetune_due(pcfg, last_ft, day, jaccard)
     if reason == "unmeasured":
-        log.warning(UNMEASURED_HINT, day, pcfg.drift_min_support, pcfg.drift_window_days)
+        warn_drift_unmeasured(pcfg, day)
     if due:
         plan["finetune"] = reason if jaccard is None else f"{reason} (jaccard={jaccard:.3f})"
     last_refresh = _day(state.get("last_refresh", {}) and state["last_refresh"].get("day"))

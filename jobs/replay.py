@@ -48,9 +48,9 @@ from common.storage import (
 from common.transitions import list_days, read_transitions
 from jobs.evaluate import add_counts, hit_counts, manifest_of, rates, valid_rate_of
 from jobs.pipeline import (
-    UNMEASURED_HINT,
     drift_since_finetune,
     finetune_due,
+    warn_drift_unmeasured,
     window_jaccard,
     with_overrides,
 )
@@ -289,12 +289,7 @@ def replay(
                 drift_by_day[day.isoformat()]["adaptive_jaccard"] = jac
                 if reason == "unmeasured" and not unmeasured_warned:  # once, not every day
                     unmeasured_warned = True
-                    log.warning(
-                        UNMEASURED_HINT,
-                        day,
-                        cfg.pipeline.drift_min_support,
-                        cfg.pipeline.drift_window_days,
-                    )
+                    warn_drift_unmeasured(adaptive_cfg.pipeline, day)
                 if due:
                     ft_days = ft_days | {day}
                     builds = builds | {day}
