@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
+from pydantic import ValidationError
+from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from serve.app import AppArgs, NextInterest
@@ -19,9 +22,17 @@ def test_config_validates_and_matches_the_app():
     assert AppArgs.model_validate(app.args).root == "s3://BUCKET/PREFIX"
     (deployment,) = app.deployments
     assert deployment.name == NextInterest.name
-    scaling = deployment.autoscaling_config
-    assert 1 <= scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"]
-    assert scaling["target_ongoing_requests"] < deployment.max_ongoing_requests
+    # ServeDeploySchema keeps autoscaling_config as a plain dict; Ray's own AutoscalingConfig is
+    # what `serve deploy` checks it with (min <= initial <= max replicas, and more), and it
+    # rejects a bad shape of this very file.
+    raw = deployment.autoscaling_config
+    scaling = AutoscalingConfig.model_validate(raw)
+    with pytest.raises(ValidationError, match="initial_replicas"):
+        AutoscalingConfig.model_validate({**raw, "initial_replicas": raw["max_replicas"] + 1})
+    # Ours on top: never scale to zero (a first request would wait for a replica to load the
+    # table), and a replica takes more requests than the autoscaler aims at.
+    assert scaling.min_replicas >= 1
+    assert scaling.target_ongoing_requests < deployment.max_ongoing_requests
     # user_config is applied by reconfigure() on top of the args: it must be AppArgs fields.
     AppArgs.model_validate({**app.args, **deployment.user_config})
 
