@@ -7,8 +7,9 @@ and swaps it whole when CURRENT moves (`serve.watcher`). Bad input is a 4xx with
 a 5xx: 400 for bad values, 422 for a request FastAPI cannot parse (malformed JSON, `k=abc`), 503
 from /v1/next and /v1/recommend until a first table is published (/v1/healthz then answers 200
 with `"status": "no table"`). Handlers return ready JSON responses: the pydantic response models
-only document the API, they do not validate each answer (that costs more than the lookup).
-Importing this module is cheap (no torch, no table load): `serve build` imports it.
+only document the API, they do not validate each answer (that costs more than the lookup), and
+a good GET /v1/next is answered before FastAPI's routing (`NextFastPath`). Importing this module
+is cheap (no torch, no table load): `serve build` imports it.
 """
 
 # No `from __future__ import annotations`: Serve's ingress rewrites the handlers, and FastAPI
@@ -17,12 +18,14 @@ import json
 import logging
 import time
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from ray import serve
 from ray.serve.metrics import Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.lookup import Lookup
 from serve.watcher import TableWatcher
@@ -216,6 +219,44 @@ MAX_CACHED_BODIES = 100_000
 
 HISTORY_DOC = "Cluster ids, oldest first, comma separated; the last two are used."
 
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class NextFastPath:
+    """Answers a well-formed `GET /v1/next` before FastAPI's routing and parameter handling,
+    which were a third of a replica's CPU per request under load (docs/benchmarks.md, issue 5).
+
+    It asks the replica (`NextInterest.fast_next`) for the body; anything that is not a plain
+    good request (a bad or unknown id, k out of range, no table yet, another route) goes on to
+    FastAPI unchanged, so every error and its message still come from one place.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.replica: Any = None  # the NextInterest instance of this process, found on first use
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and route_path(scope) == "/v1/next":
+            if self.replica is None:
+                self.replica = serve.get_replica_context().servable_object
+            body = self.replica.fast_next(scope["query_string"])
+            if body is not None:
+                headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The request path below the app's mount point (Serve sets root_path to the route prefix)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+# Before `serve.ingress`: it freezes a copy of the app when it decorates the class.
+api.add_middleware(NextFastPath)
+
 
 @serve.deployment(
     name="NextInterest",
@@ -306,6 +347,31 @@ class NextInterest:
         replica, so the metric never lags by more than a health-check period."""
         self.flush_metrics()
 
+    def _next_request(self, lookup: Lookup, history: str | None, k: int | None) -> bytes:
+        """The GET /v1/next body for `history` and `k`; BadInput for a bad request."""
+        kk = check_k(k, self.args)
+        c1, c2 = parse_history(history, self.args.max_history)
+        check_known(lookup, (c1, c2))
+        source, body = self._next_body(lookup, c1, c2, kk)
+        self._count(source, "next")
+        return body
+
+    def fast_next(self, query_string: bytes) -> bytes | None:
+        """`NextFastPath`'s answer: the body of a good request, None for anything else (FastAPI
+        then answers it). Reads the query as Starlette does (the last value of a key wins) and
+        takes k only in plain digits, so a good request gets the same answer on either path."""
+        lookup = self.watcher.lookup
+        if lookup is None:
+            return None
+        params = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        k = params.get("k")
+        if k is not None and not (k.isascii() and k.isdigit() and len(k) <= 9):
+            return None
+        try:
+            return self._next_request(lookup, params.get("history"), None if k is None else int(k))
+        except BadInput:
+            return None
+
     @api.get("/v1/next", response_model=NextResponse)
     async def next_single(
         self,
@@ -314,13 +380,9 @@ class NextInterest:
     ) -> Response:
         lookup = self._served()
         try:
-            kk = check_k(k, self.args)
-            c1, c2 = parse_history(history, self.args.max_history)
-            check_known(lookup, (c1, c2))
+            body = self._next_request(lookup, history, k)
         except BadInput as e:
             raise HTTPException(400, str(e)) from None
-        source, body = self._next_body(lookup, c1, c2, kk)
-        self._count(source, "next")
         return Response(body, media_type="application/json")
 
     @api.post("/v1/next", response_model=NextBatchResponse)

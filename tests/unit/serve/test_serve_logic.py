@@ -224,3 +224,73 @@ def test_answer_counts_reach_the_metric_in_batches(root):
 
     body = asyncio.run(scenario())
     assert b'"answers":{"llm":3,"backoff_c2":1,"frequency":1}' in body
+
+
+def test_fast_path_answers_good_next_requests_and_passes_on_the_rest(root, tmp_path):
+    """NextFastPath sends the same body FastAPI's handler would for a good GET /v1/next, and
+    hands every other request (bad input, no table, other routes) to the app behind it."""
+    import asyncio
+
+    from serve.app import NextFastPath, NextInterest
+
+    write_version(root, "v1")
+    passed_on = []
+
+    async def app_behind(scope, receive, send):
+        passed_on.append((scope["method"], scope["path"], scope["query_string"]))
+
+    def http(path, query=b"", method="GET", root_path=""):
+        return {"type": "http", "method": method, "path": path, "root_path": root_path,
+                "query_string": query}  # fmt: skip
+
+    async def call(fast, scope):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await fast(scope, None, send)
+        return sent
+
+    async def scenario():
+        cls = NextInterest.func_or_class
+        replica = cls.__new__(cls)
+        await replica.__init__({"root": root, "poll_interval_s": 60, "max_k": 20})
+        fast = NextFastPath(app_behind)
+        fast.replica = replica
+        for query, history, k in [
+            (b"history=1,2&k=2", "1,2", 2),
+            (b"history=9%2C1%2C2", "9,1,2", None),  # percent-encoded commas; default k
+            (b"k=1&history=5,2&other=x", "5,2", 1),  # any order; unknown keys ignored, as FastAPI
+            (b"history=4,4&history=2,3&k=9&k=1", "2,3", 1),  # the last value wins, as Starlette
+        ]:
+            sent = await call(fast, http("/v1/next", query))
+            handler = await replica.next_single(history=history, k=k)
+            assert sent[0]["status"] == 200 and sent[1]["body"] == handler.body, query
+            assert dict(sent[0]["headers"])[b"content-length"] == str(len(handler.body)).encode()
+        mounted = await call(fast, http("/empty/v1/next", b"history=1,2", root_path="/empty"))
+        assert mounted[1]["body"].startswith(b'{"version":"v1","history":[1,2]')
+        assert passed_on == []
+        for scope in [
+            http("/v1/next", b"history=1,x"),
+            http("/v1/next", b"history=1,2&k=0"),
+            http("/v1/next", b"history=1,2&k=21"),
+            http("/v1/next", b"history=1,2&k=+3"),
+            http("/v1/next", b"history=1,42"),  # unknown cluster
+            http("/v1/next", b"history=1"),
+            http("/v1/next", b""),
+            http("/v1/next", b"history=1,2", method="POST"),
+            http("/v1/recommend", b"items=i1-0"),
+            http("/v1/nextx", b"history=1,2"),
+        ]:
+            assert await call(fast, scope) == []
+        assert len(passed_on) == 10
+        empty = NextFastPath(app_behind)
+        empty.replica = cls.__new__(cls)
+        await empty.replica.__init__({"root": str(tmp_path / "nothing"), "poll_interval_s": 60})
+        assert await call(empty, http("/v1/next", b"history=1,2")) == []  # no table: FastAPI's 503
+        return replica.answers
+
+    answers = asyncio.run(scenario())
+    # Fast answers are counted like the handler's: 4 + 1 fast, 4 handler calls.
+    assert sum(answers.values()) == 9
