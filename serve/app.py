@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from ray import serve
 from ray.serve.metrics import Counter
+from starlette._utils import get_route_path  # what Starlette's router matches on
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.lookup import Lookup
@@ -236,7 +237,11 @@ class NextFastPath:
         self.replica: Any = None  # the NextInterest instance of this process, found on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and route_path(scope) == "/v1/next":
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and get_route_path(scope) == "/v1/next"
+        ):
             if self.replica is None:
                 self.replica = serve.get_replica_context().servable_object
             body = self.replica.fast_next(scope["query_string"])
@@ -246,12 +251,6 @@ class NextFastPath:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
-
-
-def route_path(scope: Scope) -> str:
-    """The request path below the app's mount point (Serve sets root_path to the route prefix)."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 # Before `serve.ingress`: it freezes a copy of the app when it decorates the class.
