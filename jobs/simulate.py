@@ -105,8 +105,12 @@ class World:
         cdf = np.cumsum(p, axis=2)
         return cdf / cdf[:, :, -1:]
 
-    def simulate_day(self, day: int, rng: np.random.Generator) -> pa.Table:
-        """Every event of one day: user_id, item_id, ts (UTC), in time order."""
+    def simulate_day(self, day: int, rng: np.random.Generator, observe=None) -> pa.Table:
+        """Every event of one day: user_id, item_id, ts (UTC), in time order.
+
+        `observe(day, users, prev, cur, nxt)`, when given, sees every step's draws before the
+        state moves on (bench/sim_ceiling.py scores the true distributions with it); it draws
+        nothing, so the log is the same with or without it."""
         sc, c = self.sc, len(self.clusters)
         counts = rng.poisson(self.rate)
         users = np.repeat(np.arange(sc.n_users), counts)
@@ -128,6 +132,8 @@ class World:
             fav = self.favourites[u, rng.integers(0, 3, len(u))]
             nxt = np.where(r < self.habit[u], fav, nxt)
             nxt = np.where(r > 1 - sc.repeat_prob, cur, nxt)
+            if observe is not None:
+                observe(day, u, prev, cur, nxt)
             moved = nxt != cur
             self.prev[u] = np.where(moved, cur, prev)
             self.cur[u] = nxt
