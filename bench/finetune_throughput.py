@@ -105,7 +105,7 @@ def main() -> None:
                             "targets": [],
                             "exclude": [],
                             "names": [],
-                            "frequency_top1": [],
+                            "frequency_ranked": [],
                         },
                         "prefix": prefix,
                         "checkpoint_dir": ckpt,
