@@ -91,13 +91,14 @@ class Transitions:
             habit = w.habit[uu]
             fav_mass = np.minimum(habit, 1 - w.sc.repeat_prob)
             soft_mass = np.maximum(0.0, 1 - w.sc.repeat_prob - habit)
+            rows = np.arange(len(uu))
+            favourites = w.favourites[uu]  # each slot drawn with equal chance (duplicates add up)
             fav = np.zeros((len(uu), c))
-            for j in range(w.favourites.shape[1]):
-                np.add.at(fav, (np.arange(len(uu)), w.favourites[uu, j]), fav_mass / 3)
+            np.add.at(fav, (rows[:, None], favourites), (fav_mass / favourites.shape[1])[:, None])
             for name, truth_day in self.truth_days.get(day, {}).items():
                 p = soft_mass[:, None] * self.probs(truth_day)[pp, cc] + fav
-                p[np.arange(len(uu)), pp] = 0.0  # back to c1: not a novel transition
-                p[np.arange(len(uu)), cc] = 0.0  # a repeat: not a transition
+                p[rows, pp] = 0.0  # back to c1: not a novel transition
+                p[rows, cc] = 0.0  # a repeat: not a transition
                 exp = self.expected.setdefault((day, name), np.zeros((c * c, c)))
                 np.add.at(exp, kk, p)
         moved = nxt != self.e2[u]
@@ -203,9 +204,16 @@ def run(cfg: Config, start: dt.date, end: dt.date, every: int) -> dict:
         raise SystemExit(f"error: served days must lie in the log's days 1..{sc.days - 1}")
     world = World(sc)
     tr = Transitions(world)
+
+    def build_day(d: int) -> int:  # the last rebuild on or before day d
+        return first + (d - first) // every * every
+
     for d in range(first, last):
-        build = first + (d - first) // every * every
-        tr.truth_days[d] = {"truth_today": d, "truth_yesterday": d - 1, "truth_at_build": build - 1}
+        tr.truth_days[d] = {
+            "truth_today": d,
+            "truth_yesterday": d - 1,
+            "truth_at_build": build_day(d) - 1,
+        }
     rng = np.random.default_rng([sc.seed, 1])  # as jobs.simulate.run draws
     c, window = tr.c, cfg.retrieval.window_days
     mask = excluded(c)
@@ -215,7 +223,7 @@ def run(cfg: Config, start: dt.date, end: dt.date, every: int) -> dict:
         world.simulate_day(d, rng, observe=tr)
         if d < first:
             continue
-        build = first + (d - first) // every * every
+        build = build_day(d)
         if build != built:
             tables, built = table_scores(tr.realized, c, build, window), build
         real = tr.realized[d]
@@ -241,8 +249,7 @@ def run(cfg: Config, start: dt.date, end: dt.date, every: int) -> dict:
         "hit_rates": rates,
         "aggregate_check": aggregate_differences(cfg, tr, sc.start_date),
     }
-    check = out["aggregate_check"]
-    if check is not None:
+    if out["aggregate_check"] is not None:  # root holds this log's counts
         from bench.experiments import retrieval_table_rates
 
         served = retrieval_table_rates(cfg, start, end, "frequency", every)
