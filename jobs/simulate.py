@@ -129,7 +129,7 @@ class World:
             nxt = (rows < rng.random(len(u))[:, None]).sum(axis=1)
             nxt = np.minimum(nxt, c - 1)
             r = rng.random(len(u))
-            fav = self.favourites[u, rng.integers(0, 3, len(u))]
+            fav = self.favourites[u, rng.integers(0, self.favourites.shape[1], len(u))]
             nxt = np.where(r < self.habit[u], fav, nxt)
             nxt = np.where(r > 1 - sc.repeat_prob, cur, nxt)
             if observe is not None:
