@@ -142,8 +142,10 @@ def adaptive_days(
 ) -> list:
     """Fine-tune days of the adaptive policy over [start, end) (jobs.pipeline.finetune_due with
     the measured drift since the last fine-tune, as jobs.pipeline.drift_since_finetune measures
-    it), the first one on `start`, as replay runs it. `cache` keeps each window's top successors
-    across calls (the windows repeat across thresholds)."""
+    it), the first one on `start`, as replay runs it but on drift alone: no adapter is trained
+    here, so the weak-adapter check (which can only add fine-tunes on monthly days) is left out.
+    `cache` keeps each window's top successors across calls (the windows repeat across
+    thresholds)."""
     from jobs.pipeline import finetune_due, top_successors
 
     pcfg = with_overrides(cfg, pipeline__policy="adaptive").pipeline

@@ -246,6 +246,14 @@ class PipelineConfig(Section):
     max_finetune_gap_days: int | None = Field(
         None, ge=1, description="Adaptive: fine-tune at least this often (None: only on drift)."
     )
+    weak_adapter_z: float | None = Field(
+        3.0,
+        ge=0,
+        description="Adaptive: a stable log skips the fine-tune due every finetune_every_days "
+        "only when the last adapter earned it: its held-out acc@1 (meta.json) is not under the "
+        "frequency table's top-1 on the same slice by more than this many standard errors. "
+        "None: drift alone decides (docs/results.md, the 44-day replay).",
+    )
     strategies: list[str] = Field(
         default_factory=lambda: [
             "frequency", "base", "rag", "ft_once", "ft_monthly", "hybrid", "adaptive"

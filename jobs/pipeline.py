@@ -3,10 +3,12 @@
 `python -m jobs.pipeline tick --as-of DAY` runs, for day d: aggregate the new days; a LoRA
 fine-tune when due (fixed: every `finetune_every_days`; adaptive: when the top-5 successors of
 the recent window have drifted from those of the fine-tune's data window, Jaccard under
-`drift_threshold`); a RAG refresh (retrieval snapshot + bulk inference + guards + publish) every
-`rag_every_days` and after every fine-tune. The state lives in `<root>/pipeline/state.json` and
-records each completed step, so a second tick for the same day does nothing, and a failed step
-(an exception or a failed guard) leaves `tables/CURRENT` alone and is retried by the next tick.
+`drift_threshold`, or every `finetune_every_days` while the last adapter measured weaker than
+the frequency table on its own held-out slice); a RAG refresh (retrieval snapshot + bulk
+inference + guards + publish) every `rag_every_days` and after every fine-tune. The state lives
+in `<root>/pipeline/state.json` and records each completed step, so a second tick for the same
+day does nothing, and a failed step (an exception or a failed guard) leaves `tables/CURRENT`
+alone and is retried by the next tick.
 
 `python -m jobs.pipeline replay --start DAY --end DAY --strategies a,b,...` replays the cadence
 over logged history (see jobs/replay.py).
@@ -18,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import math
 import sys
 import time
 import traceback
@@ -45,9 +48,11 @@ def finetune_due(
     last_finetune: dt.date | None,
     day: dt.date,
     jaccard: float | None = None,
+    weak: bool | None = None,
 ) -> tuple[bool, str]:
     """(due, reason). Fixed: every `finetune_every_days`. Adaptive: when the measured Jaccard of
-    the fine-tune's window against the recent one falls under `drift_threshold`, no sooner than
+    the fine-tune's window against the recent one falls under `drift_threshold`, or on the
+    calendar day when the last adapter was `weak` (adapter_is_weak); no sooner than
     `min_finetune_gap_days`, and at the latest after `max_finetune_gap_days` when that is set."""
     if last_finetune is None:
         return True, "first"
@@ -58,11 +63,41 @@ def finetune_due(
         return False, "gap"
     if pcfg.max_finetune_gap_days is not None and gap >= pcfg.max_finetune_gap_days:
         return True, "max_gap"
+    if jaccard is not None and jaccard < pcfg.drift_threshold:
+        return True, "drift"
+    if weak and gap >= pcfg.finetune_every_days:
+        return True, "weak_adapter"
     if jaccard is None:
         return False, "unmeasured"
-    if jaccard < pcfg.drift_threshold:
-        return True, "drift"
     return False, "stable"
+
+
+def adapter_is_weak(metrics: dict, z: float) -> bool | None:
+    """Whether a fine-tune's held-out acc@1 fell under the frequency table's top-1 on the same
+    held-out slice by more than `z` standard errors (the two rates' binomial errors, unpaired:
+    on the safe side); None when the metrics lack either. A few dozen held-out events never make
+    an adapter weak; thousands with a gap of a few points do."""
+    held, freq = metrics.get("heldout") or {}, metrics.get("frequency") or {}
+    n = held.get("n_events")
+    a, f = held.get("acc@1"), freq.get("acc@1")
+    if not n or a is None or f is None:
+        return None
+    se = math.sqrt((a * (1 - a) + f * (1 - f)) / n)
+    return f - a > z * se
+
+
+def last_adapter_weak(pcfg: PipelineConfig, adapter: str | None) -> bool | None:
+    """adapter_is_weak from the adapter's meta.json; None when switched off or not measured."""
+    if pcfg.policy != "adaptive" or pcfg.weak_adapter_z is None or not adapter:
+        return None
+    from common.model import read_adapter_meta
+
+    try:
+        metrics = read_adapter_meta(adapter).get("metrics") or {}
+    except (FileNotFoundError, ValueError) as e:
+        log.warning("adaptive: no meta.json for adapter %s (%s); drift alone decides", adapter, e)
+        return None
+    return adapter_is_weak(metrics, pcfg.weak_adapter_z)
 
 
 def warn_drift_unmeasured(pcfg: PipelineConfig, day: dt.date) -> None:
@@ -197,7 +232,7 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
     pcfg = cfg.pipeline
     plan = {"aggregate": "new days"}
     last_ft = _day(state.get("last_finetune", {}) and state["last_finetune"].get("day"))
-    jaccard = None
+    jaccard = weak = None
     if pcfg.policy == "adaptive" and last_ft is not None:
         from common.transitions import read_transitions
 
@@ -206,7 +241,8 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
             day - dt.timedelta(days=pcfg.drift_window_days),
         )
         jaccard = drift_since_finetune(cfg, read_transitions(cfg.root, lo, day), last_ft, day)
-    due, reason = finetune_due(pcfg, last_ft, day, jaccard)
+        weak = last_adapter_weak(pcfg, state["last_finetune"].get("adapter"))
+    due, reason = finetune_due(pcfg, last_ft, day, jaccard, weak)
     if reason == "unmeasured":
         warn_drift_unmeasured(pcfg, day)
     if due:

@@ -12,8 +12,9 @@ What each strategy builds (the schedule is `plan_builds`, a pure function):
 - `ft_once`: an adapter fine-tuned at the start and its table without RAG, never refreshed;
 - `ft_monthly`: an adapter and its table without RAG every `finetune_every_days`;
 - `hybrid`: the monthly adapters with RAG, a table every `rag_every_days`;
-- `adaptive`: a fine-tune when the measured drift since the last one crosses `drift_threshold`
-  (jobs.pipeline.finetune_due with policy=adaptive), RAG every `rag_every_days`.
+- `adaptive`: a fine-tune when the measured drift since the last one crosses `drift_threshold`,
+  or on the monthly day while the last adapter measured weak (jobs.pipeline.finetune_due with
+  policy=adaptive), RAG every `rag_every_days`.
 One adapter per fine-tune day is trained once and shared by every strategy that uses it; one
 retrieval snapshot per day is shared by every strategy built that day. Each day's events are
 scored against each strategy's table in effect (with backoff) -> metrics.json + plots.
@@ -50,6 +51,7 @@ from jobs.evaluate import add_counts, hit_counts, manifest_of, rates, valid_rate
 from jobs.pipeline import (
     drift_since_finetune,
     finetune_due,
+    last_adapter_weak,
     warn_drift_unmeasured,
     window_jaccard,
     with_overrides,
@@ -110,6 +112,7 @@ def in_effect(builds: list[tuple[dt.date, str]], day: dt.date) -> str | None:
 class StrategyLog:
     builds: list[tuple[dt.date, str]] = field(default_factory=list)
     finetune_days: list[dt.date] = field(default_factory=list)
+    finetune_reasons: dict[str, str] = field(default_factory=dict)  # adaptive: why, per day
     compute_seconds: float = 0.0
     valid_rates: list[float] = field(default_factory=list)
 
@@ -285,14 +288,18 @@ def replay(
             if s == "adaptive":
                 last = slog.finetune_days[-1] if slog.finetune_days else None
                 jac = drift_since_finetune(cfg, history, last, day) if last else None
-                due, reason = finetune_due(adaptive_cfg.pipeline, last, day, jac)
+                last_adapter = rep.adapter(last)[0] if last else None
+                weak = last_adapter_weak(adaptive_cfg.pipeline, last_adapter)
+                due, reason = finetune_due(adaptive_cfg.pipeline, last, day, jac, weak)
                 drift_by_day[day.isoformat()]["adaptive_jaccard"] = jac
+                drift_by_day[day.isoformat()]["adaptive_weak_adapter"] = weak
                 if reason == "unmeasured" and not unmeasured_warned:  # once, not every day
                     unmeasured_warned = True
                     warn_drift_unmeasured(adaptive_cfg.pipeline, day)
                 if due:
                     ft_days = ft_days | {day}
                     builds = builds | {day}
+                    slog.finetune_reasons[day.isoformat()] = reason
                     log.info("adaptive: fine-tune on %s (%s, jaccard=%s)", day, reason, jac)
             if day not in builds:
                 continue
@@ -343,6 +350,7 @@ def replay(
             "n_tables": len(slog.builds),
             "n_finetunes": len(slog.finetune_days),
             "finetune_days": [d.isoformat() for d in slog.finetune_days],
+            **({"finetune_reasons": slog.finetune_reasons} if slog.finetune_reasons else {}),
         }
     summary = {
         "start": start.isoformat(),

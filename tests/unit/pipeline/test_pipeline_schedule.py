@@ -9,7 +9,13 @@ import pytest
 
 from common import schemas
 from common.config import load_config
-from jobs.pipeline import finetune_due, refresh_due, window_jaccard, with_overrides
+from jobs.pipeline import (
+    adapter_is_weak,
+    finetune_due,
+    refresh_due,
+    window_jaccard,
+    with_overrides,
+)
 from jobs.replay import in_effect, plan_builds, serving_days
 
 D0 = dt.date(2026, 3, 1)
@@ -51,6 +57,42 @@ def test_adaptive_policy_follows_drift_with_gaps():
     assert finetune_due(pcfg, day(0), day(3), jaccard=0.0) == (False, "gap")
     assert finetune_due(pcfg, day(0), day(40), jaccard=0.9) == (True, "max_gap")
     assert finetune_due(pcfg, day(0), day(35), jaccard=None) == (False, "unmeasured")
+
+
+def test_adaptive_skips_the_monthly_finetune_only_after_an_adapter_that_earned_it():
+    pcfg = load_config(None, ["pipeline.policy=adaptive"]).pipeline  # every 30 days, gap >= 14
+    assert finetune_due(pcfg, day(0), day(30), jaccard=0.6, weak=True) == (True, "weak_adapter")
+    assert finetune_due(pcfg, day(0), day(29), jaccard=0.6, weak=True) == (False, "stable")
+    assert finetune_due(pcfg, day(0), day(30), jaccard=0.6, weak=False) == (False, "stable")
+    assert finetune_due(pcfg, day(0), day(30), jaccard=0.6, weak=None) == (False, "stable")
+    # A sparse log (drift unmeasured) still re-fine-tunes a weak adapter on the calendar day.
+    assert finetune_due(pcfg, day(0), day(31), jaccard=None, weak=True) == (True, "weak_adapter")
+    assert finetune_due(pcfg, day(0), day(31), jaccard=None, weak=False) == (False, "unmeasured")
+    # Drift still fires early, whatever the adapter's measure.
+    assert finetune_due(pcfg, day(0), day(20), jaccard=0.1, weak=False) == (True, "drift")
+    # The fixed policy ignores it.
+    fixed = load_config().pipeline
+    assert finetune_due(fixed, day(0), day(20), jaccard=0.1, weak=True) == (False, "calendar")
+
+
+def heldout(adapter: float, frequency: float, n: int) -> dict:
+    return {"heldout": {"acc@1": adapter, "n_events": n}, "frequency": {"acc@1": frequency}}
+
+
+def test_adapter_is_weak_needs_a_gap_beyond_its_standard_errors():
+    # The 44-day replay's 2026-02-02 adapter (docs/results.md): 0.074 vs 0.135 on 4,989 events,
+    # standard error sqrt((0.074*0.926 + 0.135*0.865) / 4989) = 0.0061: ten errors under.
+    assert adapter_is_weak(heldout(0.074, 0.135, 4989), z=3.0) is True
+    # The same rates on 17 events (MovieLens' slices): se 0.097, within noise.
+    assert adapter_is_weak(heldout(0.059, 0.118, 17), z=3.0) is False
+    # Boundary: gap 0.03 on n=1000 -> se sqrt((0.1*0.9 + 0.13*0.87) / 1000) = 0.01425, 2.1 se.
+    assert adapter_is_weak(heldout(0.10, 0.13, 1000), z=2.0) is True
+    assert adapter_is_weak(heldout(0.10, 0.13, 1000), z=2.2) is False
+    # At or above the counts: never weak.
+    assert adapter_is_weak(heldout(0.27, 0.265, 6297), z=0.0) is False
+    # Not measured: no verdict.
+    assert adapter_is_weak({}, z=3.0) is None
+    assert adapter_is_weak({"heldout": {"acc@1": 0.1, "n_events": 0}}, z=3.0) is None
 
 
 def counts(rows):

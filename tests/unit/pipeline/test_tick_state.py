@@ -27,10 +27,12 @@ class FakeSteps(dict):
     """aggregate / finetune / refresh that record their calls; refresh publishes a version named
     after the day (as jobs.infer does); `fail` names steps that raise."""
 
-    def __init__(self):
+    def __init__(self, metrics: dict | None = None, write_meta: bool = True):
         super().__init__(aggregate=self.aggregate, finetune=self.finetune, refresh=self.refresh)
         self.calls: list[tuple[str, dt.date]] = []
         self.fail: set[str] = set()
+        self.metrics = metrics or {}  # what each adapter's meta.json says it measured
+        self.write_meta = write_meta
 
     def _call(self, name, cfg):
         self.calls.append((name, cfg.as_of))
@@ -43,7 +45,10 @@ class FakeSteps(dict):
 
     def finetune(self, cfg):
         self._call("finetune", cfg)
-        return {"adapter": f"ft-{cfg.as_of}"}
+        adapter = f"{cfg.root}/adapters/ft-{cfg.as_of}"
+        if self.write_meta:
+            write_json(f"{adapter}/meta.json", {"as_of": str(cfg.as_of), "metrics": self.metrics})
+        return {"adapter": adapter}
 
     def refresh(self, cfg):
         self._call("refresh", cfg)
@@ -74,7 +79,10 @@ def test_fixed_cadence_over_a_month(tmp_path):
     assert [n for n, d in steps.calls if d == day(7)] == ["aggregate", "finetune", "refresh"]
     assert read_current(str(tmp_path)) == "v-" + day(28).isoformat()
     state = load_state(str(tmp_path))
-    assert state["last_finetune"] == {"day": day(28).isoformat(), "adapter": f"ft-{day(28)}"}
+    assert state["last_finetune"] == {
+        "day": day(28).isoformat(),
+        "adapter": f"{tmp_path}/adapters/ft-{day(28)}",
+    }
     assert state["last_refresh"]["version"] == f"v-{day(28)}"
 
 
@@ -207,3 +215,40 @@ def test_adaptive_on_a_sparse_log_says_drift_is_unmeasured(tmp_path, caplog):
     hints = [r.getMessage() for r in caplog.records if "drift unmeasured" in r.getMessage()]
     assert len(hints) == 60 - 13  # every tick once the 3-day gap has passed
     assert "pipeline.max_finetune_gap_days" in hints[0] and "drift_min_support=1000" in hints[0]
+
+
+def test_adaptive_refinetunes_a_weak_adapter_on_the_monthly_day(tmp_path, caplog):
+    """Successors that never change (drift never fires): adaptive fine-tunes again on the
+    monthly day only while the last adapter's own held-out line says it trails the frequency
+    table (the 44-day replay's failure, docs/results.md); an adapter as good as the counts
+    keeps its place; one without meta.json leaves drift alone to decide, and the tick says so."""
+
+    def run(name: str, metrics: dict, write_meta: bool = True) -> FakeSteps:
+        root = str(tmp_path / name)
+        plant_counts(root, range(0, 70), [2, 3, 4, 5, 6])
+        cfg = load_config(
+            None,
+            [f"root={root}", "finetune.window_days=10", "pipeline.policy=adaptive"],
+        )
+        steps = FakeSteps(metrics, write_meta)
+        for i in range(10, 70):
+            tick(cfg, day(i), steps)
+        return steps
+
+    weak = {"heldout": {"acc@1": 0.074, "n_events": 4989}, "frequency": {"acc@1": 0.135}}
+    steps = run("weak", weak)
+    assert steps.days("finetune") == [day(10), day(40)]
+    plan = load_state(str(tmp_path / "weak"))["ticks"][day(40).isoformat()]["plan"]
+    assert plan["finetune"] == "weak_adapter (jaccard=1.000)"
+
+    strong = {"heldout": {"acc@1": 0.14, "n_events": 4989}, "frequency": {"acc@1": 0.135}}
+    assert run("strong", strong).days("finetune") == [day(10)]
+
+    # No held-out line at all (an adapter trained elsewhere): no verdict, drift decides.
+    assert run("unmeasured", {}).days("finetune") == [day(10)]
+    with caplog.at_level("WARNING", logger="jobs.pipeline"):
+        assert run("no-meta", {}, write_meta=False).days("finetune") == [day(10)]
+    assert any(
+        "no meta.json for adapter" in r.getMessage() and "no-meta/adapters/ft-" in r.getMessage()
+        for r in caplog.records
+    )
