@@ -239,6 +239,7 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
     per successor, prompts with the snapshot as of `hold` (what a table built then would name),
     and the frequency table's top 10 (with the serving backoff: c2's global top, then overall)."""
     from common import prompts
+    from common.transitions import top_pairs
 
     held = held.filter(
         pc.and_(
@@ -249,17 +250,7 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
             ),
         )
     )
-    per_pair = held.group_by(["c1", "c2"]).aggregate([("count", "sum")])
-    order = sorted(
-        zip(
-            per_pair["c1"].to_pylist(),
-            per_pair["c2"].to_pylist(),
-            per_pair["count_sum"].to_pylist(),
-            strict=True,
-        ),
-        key=lambda r: (-r[2], r[0], r[1]),
-    )[: spec.eval_max_pairs]
-    pairs = [(a, b) for a, b, _ in order]
+    pairs = top_pairs(held, spec.eval_max_pairs)
     per = held.group_by(["c1", "c2", "c3"]).aggregate([("count", "sum")])
     wanted = set(pairs)
     targets: dict[tuple[int, int], dict[int, int]] = {}

@@ -51,3 +51,18 @@ def read_transitions(
         for path in files:
             parts.append(pq.read_table(path, filesystem=fs, schema=schemas.TRANSITIONS))
     return pa.concat_tables(parts) if parts else schemas.TRANSITIONS.empty_table()
+
+
+def top_pairs(events: pa.Table, max_pairs: int) -> list[tuple[int, int]]:
+    """The (c1, c2) pairs with the most transitions in `events`, ties by pair, at most max_pairs:
+    the held-out slice both the fine-tune's score and the publish guards look at."""
+    if events.num_rows == 0:
+        return []
+    per = events.group_by(["c1", "c2"]).aggregate([("count", "sum")])
+    order = sorted(
+        zip(
+            per["c1"].to_pylist(), per["c2"].to_pylist(), per["count_sum"].to_pylist(), strict=True
+        ),
+        key=lambda r: (-r[2], r[0], r[1]),
+    )
+    return [(a, b) for a, b, _ in order[:max_pairs]]

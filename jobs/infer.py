@@ -26,7 +26,7 @@ from common.config import Config
 from common.evaluation import hit_rates
 from common.lookup import GLOBAL, Lookup
 from common.tables_io import read_table
-from common.transitions import list_days, read_transitions
+from common.transitions import list_days, read_transitions, top_pairs
 
 log = logging.getLogger(__name__)
 DAY = dt.timedelta(days=1)
@@ -109,20 +109,6 @@ def fill_table(
     return pa.table(
         {n: pa.array(v, schemas.TABLE.field(n).type) for n, v in cols.items()}, schema=schemas.TABLE
     )
-
-
-def holdout_pairs(events: pa.Table, max_pairs: int) -> list[tuple[int, int]]:
-    """The held-out days' most frequent pairs (ties by pair), at most max_pairs."""
-    if events.num_rows == 0:
-        return []
-    per = events.group_by(["c1", "c2"]).aggregate([("count", "sum")])
-    order = sorted(
-        zip(
-            per["c1"].to_pylist(), per["c2"].to_pylist(), per["count_sum"].to_pylist(), strict=True
-        ),
-        key=lambda r: (-r[2], r[0], r[1]),
-    )
-    return [(a, b) for a, b, _ in order[:max_pairs]]
 
 
 def only_pairs(events: pa.Table, pairs: list[tuple[int, int]]) -> pa.Table:
@@ -530,7 +516,7 @@ def run(cfg: Config) -> dict:
     # Guard data: held-out days [d - h, d) and the shadow build as of d - h (see common/guards.py).
     gday = day - g.holdout_days * DAY
     held = read_transitions(cfg.root, gday, day)
-    gpairs = holdout_pairs(held, g.max_pairs)
+    gpairs = top_pairs(held, g.max_pairs)
     shadow_snap, _ = snapshot_for(cfg, gday)
     shadow_backoff = publish.build_backoff(
         shadow_snap["global"], read_transitions(cfg.root, gday - W * DAY, gday), catalog, k
