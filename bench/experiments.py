@@ -12,7 +12,9 @@ EXPERIMENT is one of:
                for several drift thresholds, against the fixed monthly calendar;
 - `identical`  share of pairs whose answers with RAG equal those without (paper: 7.8%), for the
                base model (base vs rag) and the fine-tuned one (ft_once vs hybrid) on one day;
-- `retrieval`  frequency vs trend vs global retrieval in the RAG prompt (strategy rag, replayed);
+- `retrieval`  frequency vs trend vs global retrieval in the RAG prompt, replayed for `rag` and
+               `hybrid` (those of `pipeline.strategies`); hybrid's adapters are fine-tuned on
+               prompts of their own variant, as a deployment that switched variant would;
 - `refresh`    a hybrid table refreshed every 2 days vs one fixed at the first day (replayed);
 - `compare`    the full strategy comparison, adaptive included (jobs.pipeline replay);
 - `all`        each of the above in turn.
@@ -231,6 +233,9 @@ def exp_identical(cfg: Config, dataset: str) -> dict:
 
 def exp_retrieval(cfg: Config, dataset: str) -> dict:
     start, end = window(cfg)
+    strategies = [s for s in ("rag", "hybrid") if s in cfg.pipeline.strategies]
+    if not strategies:
+        raise SystemExit("retrieval: pipeline.strategies names neither rag nor hybrid")
     out = {}
     for variant in ("frequency", "trend", "global"):
         c = with_overrides(
@@ -239,7 +244,7 @@ def exp_retrieval(cfg: Config, dataset: str) -> dict:
             prompt__rag_variant=variant,
             pipeline__work_root=work_root(cfg, dataset),
         )
-        out[variant] = replay(c, start, end, ["rag"])["metrics"]["rag"]
+        out[variant] = replay(c, start, end, strategies)["metrics"]
     write_json(join(report_dir(cfg.root, f"exp-{dataset}-retrieval"), "metrics.json"), out)
     return out
 
