@@ -279,3 +279,25 @@ def read_snapshot(root: str, day: dt.date, window_days: int) -> dict[str, pa.Tab
         fs, path = storage.arrow_fs_for(storage.join(folder, f"{variant}.parquet"))
         out[variant] = pq.read_table(path, filesystem=fs, partitioning=None).cast(schema)
     return out
+
+
+def retrieved_lists(snapshot: dict, variant: str, top: int) -> dict[tuple, list[int]]:
+    """{(c1, c2): [c3, ...] (rank order, at most `top`)} of a snapshot's variant; `global` is
+    keyed by c2 alone and answers every c1 (returned under (None, c2)). What a RAG prompt names,
+    for the fine-tune's examples and for bulk inference alike (see rag_for)."""
+    t = snapshot[variant]
+    keyed = ("c1", "c2") if "c1" in t.column_names else ("c2",)
+    t = t.filter(pc.less_equal(t["rank"], top)).sort_by(
+        [(k, "ascending") for k in keyed] + [("rank", "ascending")]
+    )
+    out: dict[tuple, list[int]] = {}
+    cols = [t[k].to_pylist() for k in keyed]
+    for i, c3 in enumerate(t["c3"].to_pylist()):
+        key = tuple(c[i] for c in cols) if len(keyed) == 2 else (None, cols[0][i])
+        out.setdefault(key, []).append(c3)
+    return out
+
+
+def rag_for(lists: dict, c1: int, c2: int) -> list[int]:
+    """The retrieved successors a prompt for (c1, c2) names: the pair's own, else c2's."""
+    return lists.get((c1, c2)) or lists.get((None, c2)) or []

@@ -74,26 +74,6 @@ def _first_per_group(group: np.ndarray, key: np.ndarray, cap: int) -> np.ndarray
     return np.sort(order[rank < cap])
 
 
-def retrieved_lists(snapshot: dict, variant: str, top: int) -> dict[tuple[int, int], list[int]]:
-    """{(c1, c2): [c3, ...] (rank order, at most `top`)} of a snapshot's variant; `global` is
-    keyed by c2 and answered for every c1 (returned under (None, c2))."""
-    t = snapshot[variant]
-    keyed = ("c1", "c2") if "c1" in t.column_names else ("c2",)
-    t = t.filter(pc.less_equal(t["rank"], top)).sort_by(
-        [(k, "ascending") for k in keyed] + [("rank", "ascending")]
-    )
-    out: dict[tuple, list[int]] = {}
-    cols = [t[k].to_pylist() for k in keyed]
-    for i, c3 in enumerate(t["c3"].to_pylist()):
-        key = tuple(c[i] for c in cols) if len(keyed) == 2 else (None, cols[0][i])
-        out.setdefault(key, []).append(c3)
-    return out
-
-
-def rag_for(lists: dict, c1: int, c2: int) -> list[int]:
-    return lists.get((c1, c2)) or lists.get((None, c2)) or []
-
-
 def snapshot_as_of(transitions: pa.Table, day: dt.date, window_days: int, top_n: int) -> dict:
     """The retrieval snapshot for `day`, built in memory from the counts of [day - W, day)."""
     from common import retrieval
@@ -164,6 +144,7 @@ def build_data(spec: DataSpec, transitions: pa.Table, catalog, tokenizer) -> dic
     Returns {"train": [[prompt ids, answer ids], ...], "prefix", "eval": {...}, "stats": {...}}.
     """
     from common import prompts
+    from common.retrieval import rag_for, retrieved_lists
 
     start, hold, end = spec.windows()
     d = transitions["day"]
@@ -239,6 +220,7 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
     per successor, prompts with the snapshot as of `hold` (what a table built then would name),
     and the frequency table's top 10 (with the serving backoff: c2's global top, then overall)."""
     from common import prompts
+    from common.retrieval import rag_for, retrieved_lists
     from common.transitions import top_pairs
 
     held = held.filter(

@@ -25,6 +25,7 @@ from common.cli import InputError, job_parser, run_main
 from common.config import Config
 from common.evaluation import hit_rates
 from common.lookup import GLOBAL, Lookup
+from common.retrieval import rag_for, retrieved_lists
 from common.tables_io import read_table
 from common.transitions import list_days, read_transitions, top_pairs
 
@@ -294,19 +295,21 @@ def matmul_ceiling(dtype, device, n: int = 2048, seconds: float = 1.0) -> float:
 
 # ---------------------------------------------------------------- prompts and the Ray pass
 def prompt_texts(
-    cfg: Config, tokenizer, catalog: Catalog, pairs, retrieved: Answers | None
+    cfg: Config, tokenizer, catalog: Catalog, pairs, snapshot: dict | None
 ) -> list[str]:
-    """Rendered chat prompts of the pairs; with `retrieved` the RAG successors are named."""
+    """Rendered chat prompts of the pairs; with a retrieval `snapshot` each names the successors
+    of `prompt.rag_variant` the fine-tune's prompts named (common.retrieval.rag_for)."""
     from common import prompts
 
-    top = cfg.prompt.rag_top
-    out = []
-    for c1, c2 in pairs:
-        rag = None
-        if retrieved is not None:
-            rag = [c for c, _ in retrieved.get((c1, c2), [])][:top]
-        out.append(prompts.render_prompt(tokenizer, catalog, c1, c2, rag))
-    return out
+    lists = None
+    if snapshot is not None:
+        lists = retrieved_lists(snapshot, cfg.prompt.rag_variant, cfg.prompt.rag_top)
+    return [
+        prompts.render_prompt(
+            tokenizer, catalog, c1, c2, rag_for(lists, c1, c2) if lists is not None else None
+        )
+        for c1, c2 in pairs
+    ]
 
 
 def run_llm(
@@ -423,14 +426,13 @@ def infer_llm(cfg: Config, catalog: Catalog, pairs, snap, gpairs, shadow_snap) -
     adapter = adapter_path(cfg)
     tokenizer = load_tokenizer(resolve_model(cfg.model))
     rag = uses_rag(inf.strategy)
-    variant = cfg.prompt.rag_variant
-    texts = prompt_texts(cfg, tokenizer, catalog, pairs, ranked(snap[variant]) if rag else None)
+    texts = prompt_texts(cfg, tokenizer, catalog, pairs, snap if rag else None)
     # Without RAG a pair's prompt does not depend on the day: the table's answers are the shadow's.
     table_set = set(pairs)
     # Sorted by pair: rows of one c1 share their first prompt line (PrefixScorer groups them).
     extra = sorted(p for p in gpairs if rag or p not in table_set)
     shadow_texts = prompt_texts(
-        cfg, tokenizer, catalog, extra, ranked(shadow_snap[variant]) if rag and extra else None
+        cfg, tokenizer, catalog, extra, shadow_snap if rag and extra else None
     )
     sample: list[int] = []
     if inf.mode != "free" and g.valid_sample:
