@@ -270,6 +270,7 @@ def replay(
     adaptive_cfg = with_overrides(cfg, pipeline__policy="adaptive")
     drift_by_day: dict[str, dict] = {}
     unmeasured_warned = False
+    weak_of: dict[str, bool | None] = {}  # adapter -> its meta.json verdict, read once
 
     for day in tqdm(serving_days(start, end), desc="replay days", unit="day"):
         copy_days_before(cfg.root, work, day, copied)
@@ -289,7 +290,9 @@ def replay(
                 last = slog.finetune_days[-1] if slog.finetune_days else None
                 jac = drift_since_finetune(cfg, history, last, day) if last else None
                 last_adapter = rep.adapter(last)[0] if last else None
-                weak = last_adapter_weak(adaptive_cfg.pipeline, last_adapter)
+                if last_adapter not in weak_of:
+                    weak_of[last_adapter] = last_adapter_weak(adaptive_cfg.pipeline, last_adapter)
+                weak = weak_of[last_adapter]
                 due, reason = finetune_due(adaptive_cfg.pipeline, last, day, jac, weak)
                 drift_by_day[day.isoformat()]["adaptive_jaccard"] = jac
                 drift_by_day[day.isoformat()]["adaptive_weak_adapter"] = weak
