@@ -287,6 +287,9 @@ class PrefixScorer:
             hb = torch.stack(states, dim=1)  # (B, J, H)
             w = self.head[self.edge_tok.to(self.device)]  # (J, C, H)
             logits = torch.einsum("bjh,jch->bjc", hb, w).float().cpu()
+        # The bookkeeping stays float32 under a caller's bf16 autocast (the fine-tune's held-out
+        # scoring): bf16 log-probs would tie distinct names and cannot become numpy arrays.
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
             valid = torch.ones((B, len(self.names)), dtype=torch.float32)
             for b, ex in enumerate(exclude or []):
                 valid[b, list(ex)] = 0.0

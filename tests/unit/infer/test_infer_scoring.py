@@ -143,3 +143,19 @@ def test_grouped_first_lines_give_the_same_scores(tiny):
         plain.verbalize(suffixes, exclude).numpy(),
         atol=1e-4,
     )
+
+
+def test_scores_stay_float32_under_bf16_autocast(tiny):
+    """The fine-tune scores its held-out slice under bf16 autocast on hardware that has bf16."""
+    model, tok = tiny
+    scorer = PrefixScorer(model, tok, NAMES, PREFIX)
+    exact = scorer.verbalize(SUFFIXES, EXCLUDE).numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = scorer.verbalize(SUFFIXES, EXCLUDE)
+        idx, val = scorer.top_k(SUFFIXES, EXCLUDE, 10)
+    assert scores.dtype == torch.float32 and val.dtype == torch.float32
+    for b in range(3):
+        finite = np.isfinite(scores[b].numpy())
+        assert np.isclose(np.exp(scores[b][finite].numpy()).sum(), 1.0, atol=1e-4)
+        np.testing.assert_allclose(scores[b].numpy()[finite], exact[b][finite], atol=0.05)
+        assert not set(idx[b].tolist()) & set(EXCLUDE[b])
