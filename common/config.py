@@ -143,7 +143,12 @@ class FinetuneConfig(Section):
     max_examples: int = Field(4000, ge=1, description="Cap of training examples in all.")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="0 lets PEFT skip a full-size dropout of every adapted input (~1.5x tokens/s).",
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: [
             "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"
