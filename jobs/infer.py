@@ -25,7 +25,7 @@ from common.cli import InputError, job_parser, run_main
 from common.config import Config
 from common.evaluation import hit_rates
 from common.lookup import GLOBAL, Lookup
-from common.retrieval import rag_for, retrieved_lists
+from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
 from common.tables_io import read_table
 from common.transitions import list_days, read_transitions, top_pairs
 
@@ -131,15 +131,13 @@ def common_prefix(prompts: list[str]) -> str:
 # ---------------------------------------------------------------- data the job reads
 def snapshot_for(cfg: Config, day: dt.date) -> tuple[dict, str]:
     """The retrieval snapshot for day (read when stored, else built in memory from the counts)."""
-    from common import retrieval
-
     W = cfg.retrieval.window_days
     try:
-        return retrieval.read_snapshot(cfg.root, day, W), "stored"
+        return read_snapshot(cfg.root, day, W), "stored"
     except FileNotFoundError:  # none stored (or incomplete): the same ranking, built here
         pass
     window = read_transitions(cfg.root, day - W * DAY, day)
-    return retrieval.build_snapshot(window, day, W, cfg.retrieval.top_n), "built"
+    return build_snapshot(window, day, W, cfg.retrieval.top_n), "built"
 
 
 def item_inputs(cfg: Config, day: dt.date) -> tuple[pa.Table | None, pa.Table | None]:
