@@ -283,11 +283,12 @@ def read_snapshot(root: str, day: dt.date, window_days: int) -> dict[str, pa.Tab
 
 def retrieved_lists(snapshot: dict, variant: str, top: int) -> dict[tuple, list[int]]:
     """{(c1, c2): [c3, ...] (rank order, at most `top`)} of a snapshot's variant; `global` is
-    keyed by c2 alone and answers every c1 (returned under (None, c2)). What a RAG prompt names,
-    for the fine-tune's examples and for bulk inference alike (see rag_for)."""
+    keyed by c2 alone and answers every c1 (returned under (None, c2), with one successor more:
+    it may hold c1, which rag_for drops). What a RAG prompt names, for the fine-tune's examples
+    and for bulk inference alike (see rag_for)."""
     t = snapshot[variant]
     keyed = ("c1", "c2") if "c1" in t.column_names else ("c2",)
-    t = t.filter(pc.less_equal(t["rank"], top)).sort_by(
+    t = t.filter(pc.less_equal(t["rank"], top + (len(keyed) == 1))).sort_by(
         [(k, "ascending") for k in keyed] + [("rank", "ascending")]
     )
     out: dict[tuple, list[int]] = {}
@@ -298,6 +299,8 @@ def retrieved_lists(snapshot: dict, variant: str, top: int) -> dict[tuple, list[
     return out
 
 
-def rag_for(lists: dict, c1: int, c2: int) -> list[int]:
-    """The retrieved successors a prompt for (c1, c2) names: the pair's own, else c2's."""
-    return lists.get((c1, c2)) or lists.get((None, c2)) or []
+def rag_for(lists: dict, c1: int, c2: int, top: int) -> list[int]:
+    """The retrieved successors a prompt for (c1, c2) names: the pair's own, else c2's, at most
+    `top`. Never c1 or c2 (the answer is a novel cluster): c2's global successors can hold c1."""
+    named = lists.get((c1, c2)) or lists.get((None, c2)) or []
+    return [c for c in named if c not in (c1, c2)][:top]

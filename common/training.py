@@ -181,7 +181,7 @@ def build_data(spec: DataSpec, transitions: pa.Table, catalog, tokenizer) -> dic
             if day not in lists_by_day:
                 snap = snapshot_as_of(transitions, day, spec.rag_window_days, spec.rag_top_n)
                 lists_by_day[day] = retrieved_lists(snap, spec.rag_variant, spec.rag_top)
-            rag = rag_for(lists_by_day[day], c1, c2)
+            rag = rag_for(lists_by_day[day], c1, c2, spec.rag_top)
         texts.append(prompts.render_prompt(tokenizer, catalog, c1, c2, rag))
         answers.append(prompts.answer_ids(tokenizer, catalog, c3))
 
@@ -261,9 +261,8 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
     )
     freq_ranked = []
     for a, b in pairs:
-        choice = [
-            c for c in freq.get((a, b), []) + rag_for(glob, a, b) + overall if c not in (a, b)
-        ]
+        ranked = freq.get((a, b), []) + rag_for(glob, a, b, spec.rag_top_n) + overall
+        choice = [c for c in ranked if c not in (a, b)]
         freq_ranked.append(list(dict.fromkeys(choice))[:10])
     return {
         "pairs": [list(p) for p in pairs],
@@ -275,7 +274,7 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
         "frequency_ranked": [[catalog.position(c) for c in r] for r in freq_ranked],
         "prompts": [
             prompts.render_prompt(
-                tokenizer, catalog, a, b, rag_for(lists, a, b) if spec.rag else None
+                tokenizer, catalog, a, b, rag_for(lists, a, b, spec.rag_top) if spec.rag else None
             )
             for a, b in pairs
         ],

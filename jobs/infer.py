@@ -302,9 +302,10 @@ def prompt_texts(
     lists = None
     if snapshot is not None:
         lists = retrieved_lists(snapshot, cfg.prompt.rag_variant, cfg.prompt.rag_top)
+    top = cfg.prompt.rag_top
     return [
         prompts.render_prompt(
-            tokenizer, catalog, c1, c2, rag_for(lists, c1, c2) if lists is not None else None
+            tokenizer, catalog, c1, c2, rag_for(lists, c1, c2, top) if lists is not None else None
         )
         for c1, c2 in pairs
     ]

@@ -48,3 +48,17 @@ def test_each_variant_names_its_own_top_successor(tiny_model_dir, variant, named
     assert prompt_texts(cfg, tok, CATALOG, [(10, 11)], None) == [
         prompts.render_prompt(tok, CATALOG, 10, 11, None)
     ]
+
+
+def test_global_line_never_names_c1(tiny_model_dir):
+    """c2 = 11's global successors are 15 (x20), 12 (x5), 13 (x3) whatever came before; for the
+    pair (15, 11) the line names 12, not 15 (a move back to c1 is never a novel answer), and
+    still names `prompt.rag_top` successors."""
+    tok = load_tokenizer(tiny_model_dir)
+    for top, named in ((1, [12]), (2, [12, 13])):
+        cfg = load_config(None, ["prompt.rag_variant=global", f"prompt.rag_top={top}"])
+        text = prompt_texts(cfg, tok, CATALOG, [(15, 11)], snapshot())[0]
+        assert text == prompts.render_prompt(tok, CATALOG, 15, 11, named)
+    # Another c1 gets c2's plain top.
+    text = prompt_texts(cfg, tok, CATALOG, [(12, 11)], snapshot())[0]
+    assert text == prompts.render_prompt(tok, CATALOG, 12, 11, [15, 13])
