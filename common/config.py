@@ -141,6 +141,12 @@ class FinetuneConfig(Section):
     max_per_pair: int = Field(8, ge=1, description="Cap of examples per (c1, c2).")
     max_per_target: int = Field(200, ge=1, description="Cap of examples per target c3.")
     max_examples: int = Field(4000, ge=1, description="Cap of training examples in all.")
+    half_life_days: float | None = Field(
+        None,
+        gt=0,
+        description="Draw recent transitions more often: weight 0.5 ** (age / half-life) from "
+        "the held-out start (None: every transition of the window alike).",
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(

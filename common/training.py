@@ -36,14 +36,24 @@ DAY = dt.timedelta(days=1)
 
 # =============================================================================== examples
 def diversify(
-    events: pa.Table, max_per_pair: int, max_per_target: int, max_examples: int, seed: int
+    events: pa.Table,
+    max_per_pair: int,
+    max_per_target: int,
+    max_examples: int,
+    seed: int,
+    half_life_days: float | None = None,
+    as_of: dt.date | None = None,
 ) -> pa.Table:
     """Single events (day, c1, c2, c3) drawn from daily counts under the caps.
 
     Each counted transition is one event; a random key orders them, then per (c1, c2) only the
     first `max_per_pair` are kept, then per c3 the first `max_per_target`, then the first
     `max_examples` overall. So a head pair keeps at most its cap (drawn in proportion to its
-    successors) while a tail pair keeps all it has. Deterministic for a seed."""
+    successors) while a tail pair keeps all it has. Deterministic for a seed.
+
+    With `half_life_days`, an event of age a days before `as_of` is drawn with weight
+    0.5 ** (a / half_life) (exponential keys scaled by 1 / weight: weighted sampling without
+    replacement), so a window that spans a change of trends teaches mostly the recent ones."""
     if events.num_rows == 0:
         return pa.table(
             {
@@ -54,7 +64,12 @@ def diversify(
     counts = events["count"].to_numpy()
     rows = np.repeat(np.arange(events.num_rows), counts)
     rng = np.random.default_rng(seed)
-    key = rng.random(len(rows))
+    if half_life_days is None:
+        key = rng.random(len(rows))
+    else:
+        days = events["day"].cast(pa.int32()).to_numpy()[rows]
+        age = (as_of - dt.date(1970, 1, 1)).days - days
+        key = rng.exponential(size=len(rows)) * np.exp2(age / half_life_days)
     c1 = events["c1"].to_numpy().astype(np.int64)[rows]
     c2 = events["c2"].to_numpy().astype(np.int64)[rows]
     c3 = events["c3"].to_numpy().astype(np.int64)[rows]
@@ -102,6 +117,7 @@ class DataSpec:
     max_per_pair: int = 8
     max_per_target: int = 200
     max_examples: int = 4000
+    half_life_days: float | None = None
     eval_max_pairs: int = 128
     rag: bool = True
     rag_top: int = 1
@@ -121,6 +137,7 @@ class DataSpec:
             max_per_pair=ft.max_per_pair,
             max_per_target=ft.max_per_target,
             max_examples=ft.max_examples,
+            half_life_days=ft.half_life_days,
             eval_max_pairs=ft.eval_max_pairs,
             rag=cfg.prompt.rag and cfg.prompt.rag_top > 0,
             rag_top=cfg.prompt.rag_top,
@@ -166,7 +183,13 @@ def build_data(spec: DataSpec, transitions: pa.Table, catalog, tokenizer) -> dic
         )
     )
     picked = diversify(
-        train_counts, spec.max_per_pair, spec.max_per_target, spec.max_examples, spec.seed
+        train_counts,
+        spec.max_per_pair,
+        spec.max_per_target,
+        spec.max_examples,
+        spec.seed,
+        spec.half_life_days,
+        hold,
     )
     rng = np.random.default_rng(spec.seed + 1)
     plain = rng.random(picked.num_rows) < (spec.norag_fraction if spec.rag else 1.0)

@@ -63,6 +63,35 @@ def test_diversify_caps_pairs_and_targets_deterministically():
     assert training.diversify(t, 10, 8, 5, 0).num_rows == 5
 
 
+def test_diversify_half_life_draws_recent_days_more():
+    """1,000 transitions 14 days old (c3 = 5) and 1,000 from yesterday (c3 = 6), 400 drawn: alike
+    without a half-life (hypergeometric, 200 +- 9 each); with a 2-day half-life yesterday's weigh
+    2 ** 6.5 = 91 times more, so nearly all come from it."""
+    as_of = START + dt.timedelta(days=15)
+    t = pa.table(
+        {
+            "day": pa.array(
+                [START + dt.timedelta(days=1), as_of - dt.timedelta(days=1)], pa.date32()
+            ),
+            "c1": pa.array([1, 1], pa.int32()),
+            "c2": pa.array([2, 2], pa.int32()),
+            "c3": pa.array([5, 6], pa.int32()),
+            "count": pa.array([1000, 1000], pa.int64()),
+        }
+    )
+
+    def recent_share(half_life):
+        out = training.diversify(
+            t, 10_000, 10_000, 400, seed=0, half_life_days=half_life, as_of=as_of
+        )
+        assert out.num_rows == 400
+        return out["c3"].to_pylist().count(6) / 400
+
+    assert 0.43 < recent_share(None) < 0.57
+    assert recent_share(2.0) > 0.95
+    assert 0.43 < recent_share(1e6) < 0.57  # a half-life far beyond the window: uniform again
+
+
 def test_examples_are_the_inference_prompt_plus_answer(tiny_model_dir):
     from common import prompts
     from common.model import load_tokenizer
