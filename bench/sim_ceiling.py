@@ -29,7 +29,9 @@ bounds.
 When `root` holds the aggregated counts of that log, also scores the project's own frequency
 table over the same days (`frequency_served`: bench.experiments' replay, as docs/results.md
 section 2 does, with Serve's backoff) and checks that the replayed transitions equal the counts
-(`aggregate_check`). Writes `<root>/reports/sim-ceiling/metrics.json`.
+(`aggregate_check`). With `--top-pairs N`, also the same rates on the N most frequent pairs of
+the served days alone (`top_pairs`: the fine-tune's held-out slice with N =
+finetune.eval_max_pairs). Writes `<root>/reports/sim-ceiling/metrics.json`.
 """
 
 from __future__ import annotations
@@ -116,12 +118,13 @@ def excluded(c: int) -> np.ndarray:
     return mask
 
 
-def hits(score: np.ndarray, realized: np.ndarray, mask: np.ndarray) -> dict:
-    """Event-weighted hits@k of ranking each pair's c3 by `score` (ties: lower id first)."""
+def hits(score: np.ndarray, realized: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Hits@k per pair (rows) and k (columns, KS) of ranking each pair's c3 by `score`
+    (ties: lower id first), weighted by the realized events."""
     s = np.where(mask, -np.inf, score)
     order = np.argsort(-s, axis=1, kind="stable")
     got = np.take_along_axis(realized, order, axis=1).cumsum(axis=1)
-    return {f"hit@{k}": int(got[:, k - 1].sum()) for k in KS}
+    return got[:, [k - 1 for k in KS]]
 
 
 def table_scores(counts: dict[int, np.ndarray], c: int, build: int, window: int) -> dict:
@@ -197,7 +200,7 @@ def aggregate_differences(cfg: Config, tr: Transitions, start_date: dt.date) -> 
     }
 
 
-def run(cfg: Config, start: dt.date, end: dt.date, every: int) -> dict:
+def run(cfg: Config, start: dt.date, end: dt.date, every: int, top_pairs: int = 0) -> dict:
     sc = cfg.simulate
     first, last = (start - sc.start_date).days, (end - sc.start_date).days
     if not 1 <= first < last <= sc.days:
@@ -217,8 +220,9 @@ def run(cfg: Config, start: dt.date, end: dt.date, every: int) -> dict:
     rng = np.random.default_rng([sc.seed, 1])  # as jobs.simulate.run draws
     c, window = tr.c, cfg.retrieval.window_days
     mask = excluded(c)
-    total = {name: dict.fromkeys((f"hit@{k}" for k in KS), 0) for name in ORACLES + TABLES}
-    n_events, tables, built = 0, {}, None
+    per_pair = {name: np.zeros((c * c, len(KS)), np.int64) for name in ORACLES + TABLES}
+    events = np.zeros(c * c, np.int64)
+    tables, built = {}, None
     for d in range(last):
         world.simulate_day(d, rng, observe=tr)
         if d < first:
@@ -227,17 +231,22 @@ def run(cfg: Config, start: dt.date, end: dt.date, every: int) -> dict:
         if build != built:
             tables, built = table_scores(tr.realized, c, build, window), build
         real = tr.realized[d]
-        n_events += int(real.sum())
+        events += real.sum(axis=1)
         for name in ORACLES:
-            for k, v in hits(tr.expected.pop((d, name)), real, mask).items():
-                total[name][k] += v
+            per_pair[name] += hits(tr.expected.pop((d, name)), real, mask)
         for name in TABLES:
-            for k, v in hits(tables[name], real, mask).items():
-                total[name][k] += v
+            per_pair[name] += hits(tables[name], real, mask)
         log.info("day %s: %d events", sc.start_date + dt.timedelta(d), int(real.sum()))
-    rates = {
-        name: {k: round(v / max(n_events, 1), 4) for k, v in t.items()} for name, t in total.items()
-    }
+
+    def rates_over(rows: np.ndarray) -> dict:
+        n = max(int(events[rows].sum()), 1)
+        return {
+            name: {f"hit@{k}": round(int(h[rows, i].sum()) / n, 4) for i, k in enumerate(KS)}
+            for name, h in per_pair.items()
+        }
+
+    n_events = int(events.sum())
+    rates = rates_over(np.arange(c * c))
     out = {
         "start": start.isoformat(),
         "end": end.isoformat(),
@@ -249,6 +258,13 @@ def run(cfg: Config, start: dt.date, end: dt.date, every: int) -> dict:
         "hit_rates": rates,
         "aggregate_check": aggregate_differences(cfg, tr, sc.start_date),
     }
+    if top_pairs:  # the fine-tune's held-out slice: the most frequent pairs of the served days
+        rows = np.argsort(-events, kind="stable")[:top_pairs]
+        out["top_pairs"] = {
+            "pairs": top_pairs,
+            "n_events": int(events[rows].sum()),
+            "hit_rates": rates_over(rows),
+        }
     if out["aggregate_check"] is not None:  # root holds this log's counts
         from bench.experiments import retrieval_table_rates
 
@@ -270,12 +286,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--every", type=int, help="Days between table builds (default: pipeline.rag_every_days)."
     )
+    parser.add_argument(
+        "--top-pairs",
+        type=int,
+        default=0,
+        help="Also score only the N most frequent pairs of the served days (the fine-tune's "
+        "held-out slice is its finetune.eval_max_pairs most frequent pairs).",
+    )
     parser.add_argument("--config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     setup_logging()
     cfg = config_from_args(args)
-    out = run(cfg, args.start, args.end, args.every or cfg.pipeline.rag_every_days)
+    out = run(cfg, args.start, args.end, args.every or cfg.pipeline.rag_every_days, args.top_pairs)
     print(json.dumps(out))
     return out
 

@@ -52,7 +52,9 @@ def test_observer_sees_the_log_without_changing_it():
 def test_true_distributions_rank_better_than_the_counts(tmp_path):
     cfg = load_config(None, [f"root={tmp_path}", "retrieval.window_days=7", *SIM])
     start = cfg.simulate.start_date
-    out = sim_ceiling.run(cfg, start + dt.timedelta(8), start + dt.timedelta(12), every=2)
+    out = sim_ceiling.run(
+        cfg, start + dt.timedelta(8), start + dt.timedelta(12), every=2, top_pairs=5
+    )
     rates = out["hit_rates"]
     assert out["n_events"] > 1000 and out["aggregate_check"] is None
     # 14 candidates per pair: chance hit@5 is 5/14 = 0.36.
@@ -62,3 +64,20 @@ def test_true_distributions_rank_better_than_the_counts(tmp_path):
     for name in (*sim_ceiling.ORACLES, *sim_ceiling.TABLES):
         assert 0 < rates[name]["hit@1"] <= rates[name]["hit@5"] <= rates[name]["hit@10"] <= 1
     assert (tmp_path / "reports" / "sim-ceiling" / "metrics.json").exists()
+    # The 5 most frequent of the 16 * 15 pairs hold far more than 5/240 of the events.
+    top = out["top_pairs"]
+    assert out["n_events"] * 5 / 240 < top["n_events"] < out["n_events"]
+    assert top["hit_rates"] != rates  # scored on those pairs' events only
+    for name in (*sim_ceiling.ORACLES, *sim_ceiling.TABLES):
+        t = top["hit_rates"][name]
+        assert 0 < t["hit@1"] <= t["hit@5"] <= t["hit@10"] <= 1
+
+
+def test_top_pairs_covering_every_pair_scores_as_all_events(tmp_path):
+    cfg = load_config(None, [f"root={tmp_path}", "retrieval.window_days=7", *SIM])
+    start = cfg.simulate.start_date
+    out = sim_ceiling.run(
+        cfg, start + dt.timedelta(8), start + dt.timedelta(10), every=2, top_pairs=16 * 16
+    )
+    assert out["top_pairs"]["n_events"] == out["n_events"]
+    assert out["top_pairs"]["hit_rates"] == out["hit_rates"]
