@@ -54,6 +54,8 @@ def diversify(
     With `half_life_days`, an event of age a days before `as_of` is drawn with weight
     0.5 ** (a / half_life) (exponential keys scaled by 1 / weight: weighted sampling without
     replacement), so a window that spans a change of trends teaches mostly the recent ones."""
+    if half_life_days is not None and as_of is None:
+        raise ValueError("diversify: half_life_days needs as_of, the day ages are counted from")
     if events.num_rows == 0:
         return pa.table(
             {

@@ -90,6 +90,8 @@ def test_diversify_half_life_draws_recent_days_more():
     assert 0.43 < recent_share(None) < 0.57
     assert recent_share(2.0) > 0.95
     assert 0.43 < recent_share(1e6) < 0.57  # a half-life far beyond the window: uniform again
+    with pytest.raises(ValueError, match="needs as_of"):
+        training.diversify(t, 10, 10, 4, seed=0, half_life_days=2.0)
 
 
 def test_examples_are_the_inference_prompt_plus_answer(tiny_model_dir):
