@@ -17,6 +17,10 @@ EXPERIMENT is one of:
                prompts of their own variant, as a deployment that switched variant would;
 - `refresh`    a hybrid table refreshed every 2 days vs one fixed at the first day (replayed);
 - `compare`    the full strategy comparison, adaptive included (jobs.pipeline replay);
+- `blend`      does the fine-tuned model know anything the counts do not? Replays `frequency` and
+               `hybrid` (cached when `compare` ran) and scores, day by day, tables that rank each
+               pair's candidates by w * log(hybrid score) + (1 - w) * log(frequency score) for
+               w in BLEND_WEIGHTS (w = 0 is the frequency table, w = 1 the hybrid one);
 - `all`        each of the above in turn.
 Each writes `<root>/reports/exp-<DATASET>-<EXPERIMENT>[...]/` and prints a JSON line; the replays
 share one work root (`<root>/reports/exp-<DATASET>-work`) so each fine-tune is trained once.
@@ -28,12 +32,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 
 import pyarrow as pa
 
 from common.cli import config_from_args, setup_logging
 from common.config import Config
+from common.evaluation import hit_rates
 from common.lookup import Lookup
 from common.storage import join, report_dir, write_json
 from common.transitions import list_days, read_transitions
@@ -272,6 +278,64 @@ def exp_compare(cfg: Config, dataset: str) -> dict:
     return replay(c, start, end, list(cfg.pipeline.strategies))["metrics"]
 
 
+BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def blended(llm: Lookup, freq: Lookup, weight: float, k: int = 10) -> Lookup:
+    """The table ranking each pair's candidates (both tables' first k answers, backoff included)
+    by weight * log(llm score) + (1 - weight) * log(freq score). A candidate missing from one list
+    gets half of that list's lowest score; ties keep frequency's order, then the LLM's, so
+    weight 0 answers exactly as `freq` and weight 1 exactly as `llm`."""
+    pairs = {}
+    for key in sorted(set(llm.pairs) | set(freq.pairs)):
+        lists = [dict(t.answer(*key, k)[1]) for t in (freq, llm)]
+        cands = list(dict.fromkeys([*lists[0], *lists[1]]))
+        logs = []
+        for scores in lists:
+            floor = min(scores.values(), default=1.0) / 2
+            logs.append({c: math.log(max(scores.get(c, floor), 1e-30)) for c in cands})
+        score = {c: weight * logs[1][c] + (1 - weight) * logs[0][c] for c in cands}
+        order = sorted(cands, key=lambda c: -score[c])  # stable: frequency's order, then the LLM's
+        pairs[key] = tuple((c, score[c]) for c in order[:k])
+    sources = dict.fromkeys(pairs, "blend")
+    return Lookup(f"blend-{weight}", pairs, sources, freq.backoff, freq.catalog)
+
+
+def exp_blend(cfg: Config, dataset: str) -> dict:
+    start, end = window(cfg)
+    c = with_overrides(
+        cfg, report=f"exp-{dataset}-blend", pipeline__work_root=work_root(cfg, dataset)
+    )
+    rep = replay(c, start, end, ["frequency", "hybrid"])
+    timeline = json.loads(open_text(join(rep["report"], "timeline.json")))["hit_rates"]
+    work = c.pipeline.work_root
+    sums = {w: {f"hit_rate@{k}": 0.0 for k in (1, 5, 10)} for w in BLEND_WEIGHTS}
+    n_events, loaded = 0, {}
+    for day, freq_row in sorted(timeline["frequency"].items()):
+        llm_row = timeline["hybrid"].get(day)
+        if not llm_row or not freq_row["n_events"]:
+            continue
+        versions = (llm_row["version"], freq_row["version"])
+        for v in versions:
+            if v not in loaded:
+                loaded[v] = Lookup.load(work, v)
+        d = dt.date.fromisoformat(day)
+        events = read_transitions(cfg.root, d, d + DAY)
+        for w in BLEND_WEIGHTS:
+            rates = hit_rates(blended(*(loaded[v] for v in versions), w), events)
+            for key in sums[w]:
+                sums[w][key] += rates[key] * rates["n_events"]
+        n_events += freq_row["n_events"]
+    out = {
+        "n_events": n_events,
+        "hit_rates": {
+            str(w): {key: v / max(n_events, 1) for key, v in r.items()} for w, r in sums.items()
+        },
+    }
+    write_json(join(rep["report"], "blend.json"), out)
+    return out
+
+
 def open_text(uri: str) -> str:
     from common.storage import read_text
 
@@ -286,6 +350,7 @@ EXPERIMENTS = {
     "retrieval": exp_retrieval,
     "refresh": exp_refresh,
     "compare": exp_compare,
+    "blend": exp_blend,
 }
 
 
