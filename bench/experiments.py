@@ -19,8 +19,9 @@ EXPERIMENT is one of:
 - `compare`    the full strategy comparison, adaptive included (jobs.pipeline replay);
 - `blend`      does the fine-tuned model know anything the counts do not? Replays `frequency` and
                `hybrid` (cached when `compare` ran) and scores, day by day, tables that rank each
-               pair's candidates by w * log(hybrid score) + (1 - w) * log(frequency score) for
-               w in BLEND_WEIGHTS (w = 0 is the frequency table, w = 1 the hybrid one);
+               pair's candidates by w * log(hybrid score) + (1 - w) * log(frequency score)
+               (common.blend, what `infer.llm_weight` = w publishes) for w in BLEND_WEIGHTS
+               (w = 0 is the frequency table, w = 1 the hybrid one);
 - `all`        each of the above in turn.
 Each writes `<root>/reports/exp-<DATASET>-<EXPERIMENT>[...]/` and prints a JSON line; the replays
 share one work root (`<root>/reports/exp-<DATASET>-work`) so each fine-tune is trained once.
@@ -32,11 +33,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import sys
 
 import pyarrow as pa
 
+from common.blend import blend_rows
 from common.cli import config_from_args, setup_logging
 from common.config import Config
 from common.evaluation import hit_rates
@@ -282,23 +283,15 @@ BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 def blended(llm: Lookup, freq: Lookup, weight: float, k: int = 10) -> Lookup:
-    """The table ranking each pair's candidates (both tables' first k answers, backoff included)
-    by weight * log(llm score) + (1 - weight) * log(freq score). A candidate missing from one list
-    gets half of that list's lowest score; ties keep frequency's order, then the LLM's, so
-    weight 0 answers exactly as `freq` and weight 1 exactly as `llm`."""
-    pairs = {}
-    for key in sorted(set(llm.pairs) | set(freq.pairs)):
-        lists = [dict(t.answer(*key, k)[1]) for t in (freq, llm)]
-        cands = list(dict.fromkeys([*lists[0], *lists[1]]))
-        logs = []
-        for scores in lists:
-            floor = min(scores.values(), default=1.0) / 2
-            logs.append({c: math.log(max(scores.get(c, floor), 1e-30)) for c in cands})
-        score = {c: weight * logs[1][c] + (1 - weight) * logs[0][c] for c in cands}
-        order = sorted(cands, key=lambda c: -score[c])  # stable: frequency's order, then the LLM's
-        pairs[key] = tuple((c, score[c]) for c in order[:k])
-    sources = dict.fromkeys(pairs, "blend")
-    return Lookup(f"blend-{weight}", pairs, sources, freq.backoff, freq.catalog)
+    """The table common.blend makes of the two, for every pair either answers (a pair missing
+    from one table takes that table's backoff answer, as Serve would give it)."""
+    pairs = {
+        key: tuple(blend_rows(llm.answer(*key, k)[1], freq.answer(*key, k)[1], weight, k))
+        for key in sorted(set(llm.pairs) | set(freq.pairs))
+    }
+    return Lookup(
+        f"blend-{weight}", pairs, dict.fromkeys(pairs, "blend"), freq.backoff, freq.catalog
+    )
 
 
 def exp_blend(cfg: Config, dataset: str) -> dict:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import guards, publish, schemas, storage
+from common.blend import blend_tables
 from common.catalog import Catalog, load_catalog
 from common.cli import InputError, job_parser, run_main
 from common.config import Config
@@ -110,6 +111,25 @@ def fill_table(
     return pa.table(
         {n: pa.array(v, schemas.TABLE.field(n).type) for n, v in cols.items()}, schema=schemas.TABLE
     )
+
+
+def answer_table(
+    cfg: Config,
+    pairs: list[tuple[int, int]],
+    answers: Answers,
+    source: str,
+    snap: dict,
+    backoff: pa.Table,
+    catalog: Catalog,
+) -> pa.Table:
+    """fill_table, mixed with the frequency table (common/blend.py) for a RAG strategy with
+    infer.llm_weight < 1: the counts it mixes in are the retrieved ones it may see."""
+    k = cfg.infer.top_k
+    table = fill_table(pairs, answers, source, backoff, catalog, k)
+    if source != "llm" or not uses_rag(cfg.infer.strategy) or cfg.infer.llm_weight >= 1:
+        return table
+    freq = fill_table(pairs, ranked(snap["frequency"]), "frequency", backoff, catalog, k)
+    return blend_tables(table, freq, cfg.infer.llm_weight, k)
 
 
 def only_pairs(events: pa.Table, pairs: list[tuple[int, int]]) -> pa.Table:
@@ -541,7 +561,7 @@ def run(cfg: Config) -> dict:
             "(ranked answers are valid by construction)"
         )
         valid = guards.check_valid_rate(g, llm["n_valid"], llm["n_free"], note)
-    table = fill_table(pairs, answers, source, backoff, catalog, k)
+    table = answer_table(cfg, pairs, answers, source, snap, backoff, catalog)
     infer_s = time.perf_counter() - t_infer
 
     log.info("answers ready in %.1f s; scoring the guards", infer_s)
@@ -549,7 +569,7 @@ def run(cfg: Config) -> dict:
     held_g = only_pairs(held, gpairs)
     cand = Lookup.from_tables(
         "candidate@holdout",
-        fill_table(gpairs, shadow, source, shadow_backoff, catalog, k),
+        answer_table(cfg, gpairs, shadow, source, shadow_snap, shadow_backoff, catalog),
         shadow_backoff,
         catalog,
     )
@@ -627,6 +647,7 @@ def run(cfg: Config) -> dict:
                 else None,
                 "rag_variant": cfg.prompt.rag_variant if uses_rag(strategy) else None,
                 "rag_top": cfg.prompt.rag_top if uses_rag(strategy) else None,
+                "llm_weight": inf.llm_weight if uses_rag(strategy) else None,
                 "guards": decision,
                 "metrics": {"holdout": cand_metrics, "perf": llm.get("perf")},
             },

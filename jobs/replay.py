@@ -215,12 +215,21 @@ class Replayer:
         return version, seconds, result
 
 
+# Infer settings added after work roots were made: left out of the key at their default (the
+# behaviour before they existed), so the tables those roots cached stay valid.
+LATER_INFER_DEFAULTS = {"llm_weight": 1.0}
+
+
 def table_key(cfg: Config) -> str:
     """What a table depends on: the day, the infer/prompt/retrieval/model settings, the adapter.
     The work root's counts for days < d are the same in every replay of one source root."""
+    infer = cfg.infer.model_dump(mode="json")
+    for name, default in LATER_INFER_DEFAULTS.items():
+        if infer.get(name) == default:
+            del infer[name]
     parts = [
         str(cfg.as_of),
-        cfg.infer.model_dump(mode="json"),
+        infer,
         cfg.prompt.model_dump(mode="json"),
         cfg.retrieval.model_dump(mode="json"),
         cfg.model.model_dump(mode="json"),

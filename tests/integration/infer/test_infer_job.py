@@ -121,6 +121,22 @@ def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, t
     assert first["pairs_per_s"] > 0 and 0 < first["mfu"] <= 1.5
     assert first["perf"]["rows"] >= 56 and first["perf"]["ceiling_gflops_per_s"] > 0
 
+    # infer.llm_weight = 0: the counts alone rank the answers, so the table is the frequency one.
+    counts_only = infer.run(
+        make_cfg(
+            infer_root,
+            "infer.strategy=rag",
+            f"model.name_or_path={tiny_model_dir}",
+            "guards.enforce=false",
+            "infer.llm_weight=0",
+        )
+    )
+    freq = infer.run(make_cfg(infer_root, "infer.strategy=frequency"))
+    assert rows_by_pair(published_table(infer_root, counts_only["version"])) == rows_by_pair(
+        published_table(infer_root, freq["version"])
+    )
+    assert manifest(infer_root, counts_only["version"])["llm_weight"] == 0
+
 
 def broken_adapter(model_dir: str, path: str) -> str:
     """A LoRA adapter with large random weights: what a diverged fine-tune leaves behind."""

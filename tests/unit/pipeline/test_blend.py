@@ -51,7 +51,7 @@ def test_half_weight_ranks_by_the_product_of_the_scores():
     # products: 2: 0.5 * 0.1, 3: 0.3 * 0.05 (LLM floor), 4: 0.2 * 0.6, 5: 0.1 (floor) * 0.3
     got = blended(LLM, FREQ, 0.5).pairs[(0, 1)]
     assert [c for c, _ in got] == [4, 2, 5, 3]
-    assert got[0][1] == pytest.approx(0.5 * math.log(0.2) + 0.5 * math.log(0.6))
+    assert got[0][1] == pytest.approx(math.sqrt(0.2 * 0.6))  # the geometric mean
 
 
 def test_a_pair_only_one_table_has_takes_the_others_backoff():

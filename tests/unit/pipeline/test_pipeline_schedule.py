@@ -16,7 +16,7 @@ from jobs.pipeline import (
     window_jaccard,
     with_overrides,
 )
-from jobs.replay import in_effect, plan_builds, serving_days
+from jobs.replay import in_effect, plan_builds, serving_days, table_key
 
 D0 = dt.date(2026, 3, 1)
 
@@ -161,3 +161,16 @@ def test_with_overrides_copies_and_validates():
     assert cfg.as_of is None and cfg.infer.strategy == "hybrid"
     with pytest.raises(ValueError):
         with_overrides(cfg, infer__strategy="bogus")
+
+
+def test_table_cache_key_leaves_out_later_settings_only_at_their_old_behaviour(monkeypatch):
+    """infer.llm_weight came after work roots were made: at 1 (the LLM alone, as before) it is
+    left out of the replay's table key, so those roots' tables are reused; any other weight
+    makes a new table."""
+    from jobs import replay
+
+    cfg = load_config(None, ["as_of=2026-03-01"])
+    default = table_key(cfg)
+    assert table_key(with_overrides(cfg, infer__llm_weight=0.3)) != default
+    monkeypatch.setattr(replay, "LATER_INFER_DEFAULTS", {})
+    assert table_key(cfg) != default  # with the setting in the key, old roots would not match
