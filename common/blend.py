@@ -22,9 +22,11 @@ Rows = list[tuple[int, float]]
 def blend_rows(llm: Rows, freq: Rows, llm_weight: float, k: int) -> Rows:
     """The first k of both lists' candidates by the mixed score, as (c3, exp(mixed log score)).
 
-    Ties keep the frequency list's order, then the LLM's: weight 0 gives `freq` exactly."""
+    Ties (bf16 scores tie often) keep the order of the list with the larger weight, frequency's
+    at 0.5: weight 0 gives `freq` and weight 1 gives `llm` exactly."""
     lists = [dict(freq), dict(llm)]
-    cands = list(dict.fromkeys([c for c, _ in freq] + [c for c, _ in llm]))
+    first, second = (llm, freq) if llm_weight > 0.5 else (freq, llm)
+    cands = list(dict.fromkeys([c for c, _ in first] + [c for c, _ in second]))
     mixed = dict.fromkeys(cands, 0.0)
     for scores, weight in zip(lists, (1 - llm_weight, llm_weight), strict=True):
         if weight == 0:
@@ -32,7 +34,7 @@ def blend_rows(llm: Rows, freq: Rows, llm_weight: float, k: int) -> Rows:
         floor = min(scores.values(), default=1.0) / 2
         for c in cands:
             mixed[c] += weight * math.log(max(scores.get(c, floor), 1e-30))
-    order = sorted(cands, key=lambda c: -mixed[c])  # stable: frequency's order breaks ties
+    order = sorted(cands, key=lambda c: -mixed[c])  # stable: ties keep the candidates' order
     return [(c, math.exp(mixed[c])) for c in order[:k]]
 
 

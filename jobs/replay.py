@@ -140,6 +140,17 @@ def copy_days_before(src_root: str, dst_root: str, day: dt.date, done: set[dt.da
             done.add((sub, name))
 
 
+# Infer settings added after work roots were made: left out of the table key at their default
+# (the behaviour before they existed), so the tables those roots cached stay valid.
+LATER_INFER_DEFAULTS = {"llm_weight": 1.0}
+
+
+def without_later_defaults(section, later: dict) -> dict:
+    """The section's settings for a cache key, less those in `later` that keep their default."""
+    dumped = section.model_dump(mode="json")
+    return {k: v for k, v in dumped.items() if k not in later or v != later[k]}
+
+
 class Replayer:
     """Builds (and caches) snapshots, adapters and tables in the work root, timing each.
 
@@ -215,21 +226,12 @@ class Replayer:
         return version, seconds, result
 
 
-# Infer settings added after work roots were made: left out of the key at their default (the
-# behaviour before they existed), so the tables those roots cached stay valid.
-LATER_INFER_DEFAULTS = {"llm_weight": 1.0}
-
-
 def table_key(cfg: Config) -> str:
     """What a table depends on: the day, the infer/prompt/retrieval/model settings, the adapter.
     The work root's counts for days < d are the same in every replay of one source root."""
-    infer = cfg.infer.model_dump(mode="json")
-    for name, default in LATER_INFER_DEFAULTS.items():
-        if infer.get(name) == default:
-            del infer[name]
     parts = [
         str(cfg.as_of),
-        infer,
+        without_later_defaults(cfg.infer, LATER_INFER_DEFAULTS),
         cfg.prompt.model_dump(mode="json"),
         cfg.retrieval.model_dump(mode="json"),
         cfg.model.model_dump(mode="json"),

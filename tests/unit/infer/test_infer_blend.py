@@ -14,8 +14,8 @@ LLM = table(
         (0, 1, 1, 2, 0.6, "llm"),
         (0, 1, 2, 3, 0.3, "llm"),
         (0, 1, 3, 0, 0.1, "backoff"),  # fill_table's padding of a short LLM answer
-        (1, 0, 1, 3, 0.5, "llm"),
-        (1, 0, 2, 2, 0.4, "llm"),
+        (1, 0, 1, 3, 0.4, "llm"),
+        (1, 0, 2, 2, 0.4, "llm"),  # a tie, ordered otherwise than by frequency
         (1, 0, 3, 1, 0.1, "llm"),
     ]
 )
@@ -46,7 +46,7 @@ def test_weight_zero_is_the_frequency_table_and_one_the_llm_table():
         (1, 0, 2, 3, "frequency"),
         (1, 0, 3, 1, "llm"),  # frequency listed two; the third is the LLM's
     ]
-    assert rows(blend_tables(LLM, FREQ, 1.0, 3)) == rows(LLM)
+    assert rows(blend_tables(LLM, FREQ, 1.0, 3)) == rows(LLM)  # ties too
 
 
 def test_half_weight_ranks_by_geometric_mean_and_keeps_sources():

@@ -174,3 +174,4 @@ def test_table_cache_key_leaves_out_later_settings_only_at_their_old_behaviour(m
     assert table_key(with_overrides(cfg, infer__llm_weight=0.3)) != default
     monkeypatch.setattr(replay, "LATER_INFER_DEFAULTS", {})
     assert table_key(cfg) != default  # with the setting in the key, old roots would not match
+
