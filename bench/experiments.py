@@ -18,11 +18,13 @@ EXPERIMENT is one of:
 - `refresh`    a hybrid table refreshed every 2 days vs one fixed at the first day (replayed);
 - `compare`    the full strategy comparison, adaptive included (jobs.pipeline replay);
 - `blend`      does the fine-tuned model know anything the counts do not? Replays `frequency` and
-               `hybrid` (cached when `compare` ran) and scores, day by day, tables that rank each
-               pair's candidates by w * log(hybrid score) + (1 - w) * log(frequency score)
-               (common.blend, what `infer.llm_weight` = w publishes) for w in BLEND_WEIGHTS
-               (w = 0 is the frequency table, w = 1 the hybrid one);
+               `hybrid` with `infer.llm_weight=1` (the LLM alone; cached when `compare` ran with
+               it) and scores, day by day, tables that rank each pair's candidates by
+               w * log(hybrid score) + (1 - w) * log(frequency score) (common.blend: what
+               `infer.llm_weight` = w publishes) for w in BLEND_WEIGHTS (0: the frequency table);
 - `all`        each of the above in turn.
+`identical`, `retrieval`, `refresh` and `blend` score the model's own tables (`infer.llm_weight=1`,
+what the paper measures); `compare` uses the configured weight.
 Each writes `<root>/reports/exp-<DATASET>-<EXPERIMENT>[...]/` and prints a JSON line; the replays
 share one work root (`<root>/reports/exp-<DATASET>-work`) so each fine-tune is trained once.
 DATASET is only a label for the report names (sim, movielens, movietweetings).
@@ -222,7 +224,10 @@ def same_answers(a: Lookup, b: Lookup, k: int) -> dict:
 def exp_identical(cfg: Config, dataset: str) -> dict:
     start, _ = window(cfg)
     c = with_overrides(
-        cfg, report=f"exp-{dataset}-identical", pipeline__work_root=work_root(cfg, dataset)
+        cfg,
+        report=f"exp-{dataset}-identical",
+        pipeline__work_root=work_root(cfg, dataset),
+        infer__llm_weight=1.0,  # the model's own answers, as the paper compares them
     )
     rep = replay(c, start, start + DAY, ["base", "rag", "ft_once", "hybrid"])
     timeline = json.loads(open_text(join(rep["report"], "timeline.json")))["hit_rates"]
@@ -250,6 +255,7 @@ def exp_retrieval(cfg: Config, dataset: str) -> dict:
             report=f"exp-{dataset}-retrieval-{variant}",
             prompt__rag_variant=variant,
             pipeline__work_root=work_root(cfg, dataset),
+            infer__llm_weight=1.0,  # what the variant in the prompt does to the model's answers
         )
         out[variant] = replay(c, start, end, strategies)["metrics"]
     write_json(join(report_dir(cfg.root, f"exp-{dataset}-retrieval"), "metrics.json"), out)
@@ -265,6 +271,7 @@ def exp_refresh(cfg: Config, dataset: str) -> dict:
             report=f"exp-{dataset}-refresh-{label}",
             pipeline__rag_every_days=every,
             pipeline__work_root=work_root(cfg, dataset),
+            infer__llm_weight=1.0,  # fresh prompts alone, not fresh counts mixed into the table
         )
         out[label] = replay(c, start, end, ["hybrid"])["metrics"]["hybrid"]
     write_json(join(report_dir(cfg.root, f"exp-{dataset}-refresh"), "metrics.json"), out)
@@ -297,7 +304,10 @@ def blended(llm: Lookup, freq: Lookup, weight: float, k: int = 10) -> Lookup:
 def exp_blend(cfg: Config, dataset: str) -> dict:
     start, end = window(cfg)
     c = with_overrides(
-        cfg, report=f"exp-{dataset}-blend", pipeline__work_root=work_root(cfg, dataset)
+        cfg,
+        report=f"exp-{dataset}-blend",
+        pipeline__work_root=work_root(cfg, dataset),
+        infer__llm_weight=1.0,  # the LLM's own table, mixed here at every weight
     )
     rep = replay(c, start, end, ["frequency", "hybrid"])
     timeline = json.loads(open_text(join(rep["report"], "timeline.json")))["hit_rates"]

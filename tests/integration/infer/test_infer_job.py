@@ -105,6 +105,7 @@ def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, t
         "infer.strategy=rag",
         f"model.name_or_path={tiny_model_dir}",
         "guards.enforce=false",
+        "infer.llm_weight=1",  # the model's answers alone
     )
     first = infer.run(cfg)
     second = infer.run(cfg)

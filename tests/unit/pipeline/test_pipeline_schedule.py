@@ -169,9 +169,9 @@ def test_table_cache_key_leaves_out_later_settings_only_at_their_old_behaviour(m
     makes a new table."""
     from jobs import replay
 
-    cfg = load_config(None, ["as_of=2026-03-01"])
-    default = table_key(cfg)
-    assert table_key(with_overrides(cfg, infer__llm_weight=0.3)) != default
+    cfg = load_config(None, ["as_of=2026-03-01", "infer.llm_weight=1"])
+    old = table_key(cfg)
+    assert table_key(with_overrides(cfg, infer__llm_weight=0.3)) != old
     monkeypatch.setattr(replay, "LATER_INFER_DEFAULTS", {})
-    assert table_key(cfg) != default  # with the setting in the key, old roots would not match
+    assert table_key(cfg) != old  # with the setting in the key, old roots would not match
 
