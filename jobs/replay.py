@@ -140,13 +140,13 @@ def copy_days_before(src_root: str, dst_root: str, day: dt.date, done: set[dt.da
             done.add((sub, name))
 
 
-# Infer settings added after work roots were made: left out of the table key at their default
-# (the behaviour before they existed), so the tables those roots cached stay valid.
+# Infer settings added after work roots were made, with the value that behaves as before they
+# existed: left out of the table key at that value, so the tables those roots cached stay valid.
 LATER_INFER_DEFAULTS = {"llm_weight": 1.0}
 
 
 def without_later_defaults(section, later: dict) -> dict:
-    """The section's settings for a cache key, less those in `later` that keep their default."""
+    """The section's settings for a cache key, less those in `later` set to the old behaviour."""
     dumped = section.model_dump(mode="json")
     return {k: v for k, v in dumped.items() if k not in later or v != later[k]}
 
