@@ -15,6 +15,7 @@ import math
 import pyarrow as pa
 
 from common import schemas
+from common.lookup import rows_by_key
 
 Rows = list[tuple[int, float]]
 
@@ -38,24 +39,15 @@ def blend_rows(llm: Rows, freq: Rows, llm_weight: float, k: int) -> Rows:
     return [(c, math.exp(mixed[c])) for c in order[:k]]
 
 
-def _by_pair(table: pa.Table) -> dict[tuple[int, int], list[tuple[int, float, str]]]:
-    t = table.sort_by([("c1", "ascending"), ("c2", "ascending"), ("rank", "ascending")])
-    out: dict[tuple[int, int], list] = {}
-    for a, b, c, s, src in zip(
-        *(t[n].to_pylist() for n in ("c1", "c2", "c3", "score", "source")), strict=True
-    ):
-        out.setdefault((a, b), []).append((c, s, src))
-    return out
-
-
 def blend_tables(llm: pa.Table, freq: pa.Table, llm_weight: float, k: int) -> pa.Table:
     """schemas.TABLE of `blend_rows` for every pair of `llm` (both tables filled to k over the
     same pairs by jobs.infer.fill_table). A row's source is the LLM row's when the LLM listed
     that cluster, else the frequency row's (`frequency` or `backoff`); at weight 0 the other
     way round."""
-    f_rows = _by_pair(freq)
+    with_source = ("c3", "score", "source")
+    f_rows = rows_by_key(freq, ["c1", "c2"], with_source)
     cols: dict[str, list] = {n: [] for n in schemas.TABLE.names}
-    for (c1, c2), l_rows in _by_pair(llm).items():
+    for (c1, c2), l_rows in rows_by_key(llm, ["c1", "c2"], with_source).items():
         fr = f_rows.get((c1, c2), [])
         first, last = (l_rows, fr) if llm_weight == 0 else (fr, l_rows)  # the last one wins
         source = {c: s for c, _, s in first} | {c: s for c, _, s in last}

@@ -23,15 +23,16 @@ from common.tables_io import read_table
 GLOBAL = -1  # the c2 key of the global backoff list
 
 
-def _grouped(table: pa.Table, keys: list[str]) -> dict[tuple, tuple[tuple[int, float], ...]]:
-    """{key tuple: ((c3, score), ...) in rank order} built with one sort, no per-row filtering."""
+def rows_by_key(
+    table: pa.Table, keys: list[str], cols: tuple[str, ...] = ("c3", "score")
+) -> dict[tuple, tuple[tuple, ...]]:
+    """{key tuple: (row of `cols`, ...) in rank order} built with one sort, no per-row filtering.
+    Shared by the lookup itself, jobs.infer (snapshots) and common.blend (tables)."""
     table = table.sort_by([(k, "ascending") for k in keys] + [("rank", "ascending")])
-    cols = [table[k].to_pylist() for k in keys]
-    c3s = table["c3"].to_pylist()
-    scores = table["score"].to_pylist()
+    key_cols = [table[k].to_pylist() for k in keys]
     out: dict[tuple, list] = {}
-    for i, c3 in enumerate(c3s):
-        out.setdefault(tuple(col[i] for col in cols), []).append((c3, float(scores[i])))
+    for i, row in enumerate(zip(*(table[c].to_pylist() for c in cols), strict=True)):
+        out.setdefault(tuple(col[i] for col in key_cols), []).append(row)
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -58,7 +59,7 @@ class Lookup:
         items: pa.Table | None = None,
         top_items: pa.Table | None = None,
     ) -> Lookup:
-        pairs = _grouped(table, ["c1", "c2"])
+        pairs = rows_by_key(table, ["c1", "c2"])
         # The source of a pair is that of its rank-1 row: iterate ranks descending, last one wins.
         desc = table.sort_by([("rank", "descending")])
         sources = {
@@ -70,7 +71,7 @@ class Lookup:
                 strict=True,
             )
         }
-        back = {k[0]: v for k, v in _grouped(backoff, ["c2"]).items()}
+        back = {k[0]: v for k, v in rows_by_key(backoff, ["c2"]).items()}
         item_clusters: dict[str, int] = {}
         if items is not None:
             item_clusters = dict(

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from common.catalog import Catalog, load_catalog
 from common.cli import InputError, job_parser, run_main
 from common.config import Config
 from common.evaluation import hit_rates
-from common.lookup import GLOBAL, Lookup
+from common.lookup import GLOBAL, Lookup, rows_by_key
 from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
 from common.tables_io import read_table
 from common.transitions import list_days, read_transitions, top_pairs
@@ -33,7 +34,7 @@ from common.transitions import list_days, read_transitions, top_pairs
 log = logging.getLogger(__name__)
 DAY = dt.timedelta(days=1)
 LLM_STRATEGIES = ("base", "rag", "ft", "hybrid")
-Answers = dict[tuple[int, int], list[tuple[int, float]]]
+Answers = dict[tuple[int, int], Sequence[tuple[int, float]]]  # (c3, score) in rank order
 
 
 # ---------------------------------------------------------------- pure functions
@@ -64,16 +65,9 @@ def all_pairs(catalog: Catalog, freq: pa.Table, min_support: int) -> list[tuple[
     return sorted(p for p in pairs if p[0] in catalog and p[1] in catalog and p[0] != p[1])
 
 
-def ranked(
-    snapshot: pa.Table, keys: tuple[str, ...] = ("c1", "c2")
-) -> dict[tuple, list[tuple[int, float]]]:
-    """{key: [(c3, score), ...] in rank order} of a retrieval snapshot table."""
-    t = snapshot.sort_by([(k, "ascending") for k in keys] + [("rank", "ascending")])
-    cols = [t[k].to_pylist() for k in keys]
-    out: dict[tuple, list] = {}
-    for i, (c3, s) in enumerate(zip(t["c3"].to_pylist(), t["score"].to_pylist(), strict=True)):
-        out.setdefault(tuple(c[i] for c in cols), []).append((c3, float(s)))
-    return out
+def ranked(snapshot: pa.Table, keys: tuple[str, ...] = ("c1", "c2")) -> Answers:
+    """{key: ((c3, score), ...) in rank order} of a retrieval snapshot table."""
+    return rows_by_key(snapshot, list(keys))
 
 
 def fill_table(
