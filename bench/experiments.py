@@ -221,18 +221,27 @@ def same_answers(a: Lookup, b: Lookup, k: int) -> dict:
     }
 
 
-def exp_identical(cfg: Config, dataset: str) -> dict:
-    start, _ = window(cfg)
+def model_replay(
+    cfg: Config, dataset: str, name: str, start: dt.date, end: dt.date, strategies: list[str]
+) -> tuple[dict, dict, str]:
+    """(replay result, per-strategy per-day timeline, work root) of a replay of the model's own
+    tables (`infer.llm_weight=1`, what the paper compares) in the dataset's shared work root."""
     c = with_overrides(
         cfg,
-        report=f"exp-{dataset}-identical",
+        report=f"exp-{dataset}-{name}",
         pipeline__work_root=work_root(cfg, dataset),
-        infer__llm_weight=1.0,  # the model's own answers, as the paper compares them
+        infer__llm_weight=1.0,
     )
-    rep = replay(c, start, start + DAY, ["base", "rag", "ft_once", "hybrid"])
+    rep = replay(c, start, end, strategies)
     timeline = json.loads(open_text(join(rep["report"], "timeline.json")))["hit_rates"]
+    return rep, timeline, c.pipeline.work_root
+
+
+def exp_identical(cfg: Config, dataset: str) -> dict:
+    start, _ = window(cfg)
+    strategies = ["base", "rag", "ft_once", "hybrid"]
+    rep, timeline, work = model_replay(cfg, dataset, "identical", start, start + DAY, strategies)
     version = {s: next(iter(v.values()))["version"] for s, v in timeline.items() if v}
-    work = c.pipeline.work_root
     tables = {s: Lookup.load(work, v) for s, v in version.items()}
     out = {"day": start.isoformat(), "versions": version}
     if "base" in tables and "rag" in tables:
@@ -289,29 +298,25 @@ def exp_compare(cfg: Config, dataset: str) -> dict:
 BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
-def blended(llm: Lookup, freq: Lookup, weight: float, k: int = 10) -> Lookup:
-    """The table common.blend makes of the two, for every pair either answers (a pair missing
-    from one table takes that table's backoff answer, as Serve would give it)."""
-    pairs = {
-        key: tuple(blend_rows(llm.answer(*key, k)[1], freq.answer(*key, k)[1], weight, k))
+def blended(llm: Lookup, freq: Lookup, weights, k: int = 10) -> dict[float, Lookup]:
+    """{weight: the table common.blend makes of the two} for every pair either answers (a pair
+    missing from one table takes that table's backoff answer, as Serve would give it). Both
+    tables' answers are looked up once for all the weights."""
+    answers = {
+        key: (llm.answer(*key, k)[1], freq.answer(*key, k)[1])
         for key in sorted(set(llm.pairs) | set(freq.pairs))
     }
-    return Lookup(
-        f"blend-{weight}", pairs, dict.fromkeys(pairs, "blend"), freq.backoff, freq.catalog
-    )
+    out = {}
+    for w in weights:
+        pairs = {key: tuple(blend_rows(a, b, w, k)) for key, (a, b) in answers.items()}
+        sources = dict.fromkeys(pairs, "blend")
+        out[w] = Lookup(f"blend-{w}", pairs, sources, freq.backoff, freq.catalog)
+    return out
 
 
 def exp_blend(cfg: Config, dataset: str) -> dict:
     start, end = window(cfg)
-    c = with_overrides(
-        cfg,
-        report=f"exp-{dataset}-blend",
-        pipeline__work_root=work_root(cfg, dataset),
-        infer__llm_weight=1.0,  # the LLM's own table, mixed here at every weight
-    )
-    rep = replay(c, start, end, ["frequency", "hybrid"])
-    timeline = json.loads(open_text(join(rep["report"], "timeline.json")))["hit_rates"]
-    work = c.pipeline.work_root
+    rep, timeline, work = model_replay(cfg, dataset, "blend", start, end, ["frequency", "hybrid"])
     sums = {w: {f"hit_rate@{k}": 0.0 for k in (1, 5, 10)} for w in BLEND_WEIGHTS}
     n_events, loaded = 0, {}
     for day, freq_row in sorted(timeline["frequency"].items()):
@@ -324,8 +329,9 @@ def exp_blend(cfg: Config, dataset: str) -> dict:
                 loaded[v] = Lookup.load(work, v)
         d = dt.date.fromisoformat(day)
         events = read_transitions(cfg.root, d, d + DAY)
-        for w in BLEND_WEIGHTS:
-            rates = hit_rates(blended(*(loaded[v] for v in versions), w), events)
+        tables = blended(*(loaded[v] for v in versions), BLEND_WEIGHTS)
+        for w, table in tables.items():
+            rates = hit_rates(table, events)
             for key in sums[w]:
                 sums[w][key] += rates[key] * rates["n_events"]
         n_events += freq_row["n_events"]

@@ -42,19 +42,29 @@ def answer(table, c1, c2):
     return [c for c, _ in table.answer(c1, c2, 10)[1]]
 
 
+def mix(weight):
+    return blended(LLM, FREQ, [weight])[weight]
+
+
 def test_the_end_weights_are_the_two_tables():
-    assert answer(blended(LLM, FREQ, 0.0), 0, 1) == [2, 3, 4, 5]  # 5: half frequency's lowest
-    assert answer(blended(LLM, FREQ, 1.0), 0, 1) == [4, 5, 2, 3]  # 3: half the LLM's lowest
+    assert answer(mix(0.0), 0, 1) == [2, 3, 4, 5]  # 5: half frequency's lowest
+    assert answer(mix(1.0), 0, 1) == [4, 5, 2, 3]  # 3: half the LLM's lowest
 
 
 def test_half_weight_ranks_by_the_product_of_the_scores():
     # products: 2: 0.5 * 0.1, 3: 0.3 * 0.05 (LLM floor), 4: 0.2 * 0.6, 5: 0.1 (floor) * 0.3
-    got = blended(LLM, FREQ, 0.5).pairs[(0, 1)]
+    got = mix(0.5).pairs[(0, 1)]
     assert [c for c, _ in got] == [4, 2, 5, 3]
     assert got[0][1] == pytest.approx(math.sqrt(0.2 * 0.6))  # the geometric mean
 
 
+def test_one_lookup_per_weight_from_the_same_answers():
+    tables = blended(LLM, FREQ, [0.0, 0.5, 1.0])
+    assert list(tables) == [0.0, 0.5, 1.0]
+    assert [answer(t, 0, 1) for t in tables.values()] == [answer(mix(w), 0, 1) for w in tables]
+
+
 def test_a_pair_only_one_table_has_takes_the_others_backoff():
     # (1, 0): the LLM says 5; frequency backs off to c2 = 0's successors, skipping c1 = 1: [3].
-    assert answer(blended(LLM, FREQ, 0.0), 1, 0) == [3, 5]
-    assert answer(blended(LLM, FREQ, 1.0), 1, 0) == [5, 3]
+    assert answer(mix(0.0), 1, 0) == [3, 5]
+    assert answer(mix(1.0), 1, 0) == [5, 3]
