@@ -259,14 +259,10 @@ def exp_retrieval(cfg: Config, dataset: str) -> dict:
         raise SystemExit("retrieval: pipeline.strategies names neither rag nor hybrid")
     out = {}
     for variant in ("frequency", "trend", "global"):
-        c = with_overrides(
-            cfg,
-            report=f"exp-{dataset}-retrieval-{variant}",
-            prompt__rag_variant=variant,
-            pipeline__work_root=work_root(cfg, dataset),
-            infer__llm_weight=1.0,  # what the variant in the prompt does to the model's answers
-        )
-        out[variant] = replay(c, start, end, strategies)["metrics"]
+        # what the variant in the prompt does to the model's own answers
+        c = with_overrides(cfg, prompt__rag_variant=variant)
+        rep, _, _ = model_replay(c, dataset, f"retrieval-{variant}", start, end, strategies)
+        out[variant] = rep["metrics"]
     write_json(join(report_dir(cfg.root, f"exp-{dataset}-retrieval"), "metrics.json"), out)
     return out
 
@@ -275,14 +271,10 @@ def exp_refresh(cfg: Config, dataset: str) -> dict:
     start, end = window(cfg)
     out = {}
     for label, every in (("every_2_days", 2), ("fixed_day_1", 10_000)):
-        c = with_overrides(
-            cfg,
-            report=f"exp-{dataset}-refresh-{label}",
-            pipeline__rag_every_days=every,
-            pipeline__work_root=work_root(cfg, dataset),
-            infer__llm_weight=1.0,  # fresh prompts alone, not fresh counts mixed into the table
-        )
-        out[label] = replay(c, start, end, ["hybrid"])["metrics"]["hybrid"]
+        # fresh prompts alone, not fresh counts mixed into the table
+        c = with_overrides(cfg, pipeline__rag_every_days=every)
+        rep, _, _ = model_replay(c, dataset, f"refresh-{label}", start, end, ["hybrid"])
+        out[label] = rep["metrics"]["hybrid"]
     write_json(join(report_dir(cfg.root, f"exp-{dataset}-refresh"), "metrics.json"), out)
     return out
 
