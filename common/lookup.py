@@ -36,6 +36,25 @@ def rows_by_key(
     return {k: tuple(v) for k, v in out.items()}
 
 
+def padded_rows(lists, exclude, k: int, valid) -> list[tuple[int, float, str]]:
+    """A table row as every table is built: the first `k` distinct clusters of `lists` (each a
+    (rows of (c3, score), source) pair, the pair's own answers first, then its backoff lists),
+    skipping `exclude` (c1, c2) and clusters not in `valid`. A backoff row's score is capped by
+    the row above it, so scores never rise down a row. Used by jobs.infer.fill_table and the
+    fine-tune's held-out frequency ranking."""
+    used, out, last = set(exclude), [], float("inf")
+    for i, (rows, source) in enumerate(lists):
+        for c3, score in rows:
+            if len(out) >= k:
+                return out
+            if c3 in used or c3 not in valid:
+                continue
+            used.add(c3)
+            last = score if i == 0 else min(last, score)
+            out.append((c3, last, source))
+    return out
+
+
 @dataclass(frozen=True)
 class Lookup:
     """Immutable answers: a dict lookup per request (microseconds), swapped whole on a new

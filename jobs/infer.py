@@ -26,7 +26,7 @@ from common.catalog import Catalog, load_catalog
 from common.cli import InputError, job_parser, run_main
 from common.config import Config
 from common.evaluation import hit_rates
-from common.lookup import GLOBAL, Lookup, rows_by_key
+from common.lookup import GLOBAL, Lookup, padded_rows, rows_by_key
 from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
 from common.tables_io import read_table
 from common.transitions import list_days, read_transitions, top_pairs
@@ -85,23 +85,14 @@ def fill_table(
     glob = back.get((GLOBAL,), [])
     cols: dict[str, list] = {n: [] for n in schemas.TABLE.names}
     for c1, c2 in pairs:
-        used = {c1, c2}
-        rank, last = 0, float("inf")
-        for rows, src in (
+        lists = (
             (answers.get((c1, c2), []), source),
             (back.get((c2,), []), "backoff"),
             (glob, "backoff"),
-        ):
-            for c3, score in rows:
-                if rank >= k:
-                    break
-                if c3 in used or c3 not in catalog:
-                    continue
-                used.add(c3)
-                rank += 1
-                last = min(last, score) if src == "backoff" else score
-                for name, v in zip(schemas.TABLE.names, (c1, c2, rank, c3, last, src), strict=True):
-                    cols[name].append(v)
+        )
+        for rank, (c3, score, src) in enumerate(padded_rows(lists, (c1, c2), k, catalog), start=1):
+            for name, v in zip(schemas.TABLE.names, (c1, c2, rank, c3, score, src), strict=True):
+                cols[name].append(v)
     return pa.table(
         {n: pa.array(v, schemas.TABLE.field(n).type) for n, v in cols.items()}, schema=schemas.TABLE
     )

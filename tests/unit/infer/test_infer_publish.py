@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from common import storage
-from common.lookup import Lookup
+from common.lookup import Lookup, padded_rows
 from common.publish import (
     TableError,
     build_backoff,
@@ -19,6 +19,16 @@ from common.publish import (
 from tests.unit.infer.helpers_infer import CATALOG, table, transitions
 
 GOOD = [(0, 1, 1, 2, 0.6, "llm"), (0, 1, 2, 3, 0.3, "backoff"), (2, 3, 1, 0, 1.0, "frequency")]
+
+
+def test_padded_rows_skip_c1_c2_repeats_and_unknowns_and_never_raise_a_score():
+    answers = ([(7, 0.5), (2, 0.25), (99, 0.2)], "llm")  # 99: not in the catalog
+    by_c2 = ([(2, 0.6), (0, 0.1), (3, 0.05)], "backoff")  # 2 again; 0 is c1
+    overall = ([(4, 0.3), (5, 0.01), (6, 0.005)], "backoff")
+    row = padded_rows([answers, by_c2, overall], (0, 1), 4, set(range(8)))
+    # 4's own score 0.3 is capped by 3's 0.05 above it; the row stops at k = 4.
+    assert row == [(7, 0.5, "llm"), (2, 0.25, "llm"), (3, 0.05, "backoff"), (4, 0.05, "backoff")]
+    assert padded_rows([answers], (7, 2), 3, set(range(8))) == []
 
 
 def _parts(rows=GOOD):
