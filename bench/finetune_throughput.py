@@ -105,7 +105,7 @@ def main() -> None:
                             "targets": [],
                             "exclude": [],
                             "names": [],
-                            "frequency_ranked": [],
+                            "frequency_scored": [],
                         },
                         "prefix": prefix,
                         "checkpoint_dir": ckpt,

@@ -245,6 +245,7 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
     per successor, prompts with the snapshot as of `hold` (what a table built then would name),
     and the frequency table's top 10 (with the serving backoff: c2's global top, then overall)."""
     from common import prompts
+    from common.lookup import padded_rows, rows_by_key
     from common.retrieval import rag_for, retrieved_lists
     from common.transitions import top_pairs
 
@@ -268,8 +269,8 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
             targets.setdefault((a, b), {})[c] = n
     snap = snapshot_as_of(transitions, hold, spec.rag_window_days, spec.rag_top_n)
     lists = retrieved_lists(snap, spec.rag_variant, spec.rag_top) if spec.rag else {}
-    freq = retrieved_lists(snap, "frequency", spec.rag_top_n)
-    glob = retrieved_lists(snap, "global", spec.rag_top_n)
+    freq = rows_by_key(snap["frequency"], ["c1", "c2"])
+    glob = rows_by_key(snap["global"], ["c2"])
     window = transitions.filter(
         pc.and_(
             pc.greater_equal(
@@ -278,17 +279,22 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
             pc.less(transitions["day"], pa.scalar(hold, pa.date32())),
         )
     )
-    overall = (
-        window.group_by("c3")
-        .aggregate([("count", "sum")])
-        .sort_by([("count_sum", "descending"), ("c3", "ascending")])["c3"]
-        .to_pylist()
-    )
-    freq_ranked = []
+    per_c3 = window.group_by("c3").aggregate([("count", "sum")])
+    per_c3 = per_c3.sort_by([("count_sum", "descending"), ("c3", "ascending")])
+    total = max(pc.sum(per_c3["count_sum"]).as_py() or 0, 1)
+    overall = [
+        (c, n / total)
+        for c, n in zip(per_c3["c3"].to_pylist(), per_c3["count_sum"].to_pylist(), strict=True)
+    ]
+    freq_scored = []
     for a, b in pairs:
-        ranked = freq.get((a, b), []) + rag_for(glob, a, b, spec.rag_top_n) + overall
-        choice = [c for c in ranked if c not in (a, b)]
-        freq_ranked.append(list(dict.fromkeys(choice))[:10])
+        served = (
+            (freq.get((a, b), []), "frequency"),
+            (glob.get((b,), []), "backoff"),
+            (overall, "backoff"),
+        )
+        row = padded_rows(served, (a, b), 10, catalog)
+        freq_scored.append([[catalog.position(c), score] for c, score, _ in row])
     return {
         "pairs": [list(p) for p in pairs],
         "exclude": [[catalog.position(a), catalog.position(b)] for a, b in pairs],
@@ -296,7 +302,8 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
         "targets": [
             [[catalog.position(c), n] for c, n in sorted(targets[p].items())] for p in pairs
         ],
-        "frequency_ranked": [[catalog.position(c) for c in r] for r in freq_ranked],
+        # the frequency table's row as served (padded by its backoff): [position, score], best first
+        "frequency_scored": freq_scored,
         "prompts": [
             prompts.render_prompt(
                 tokenizer, catalog, a, b, rag_for(lists, a, b, spec.rag_top) if spec.rag else None
@@ -324,7 +331,7 @@ def accuracy(evalset: dict, predictions: list[list[int]]) -> dict:
 
 def frequency_accuracy(evalset: dict) -> dict:
     """acc@1 and hit@5 of the frequency table (as served, with its backoff) on the slice."""
-    return accuracy(evalset, evalset["frequency_ranked"])
+    return accuracy(evalset, [[pos for pos, _ in row] for row in evalset["frequency_scored"]])
 
 
 # =============================================================================== batches
@@ -523,11 +530,16 @@ def _answer_loss_module(peft_model):
     return AnswerLoss(peft_model)
 
 
-def score_heldout(lm, tokenizer, evalset: dict, prefix: str, batch_size: int, amp) -> dict:
+def score_heldout(
+    lm, tokenizer, evalset: dict, prefix: str, batch_size: int, amp, llm_weight: float = 1.0
+) -> dict:
     """Held-out acc@1 / hit@5, ranked the way jobs/infer.py ranks: PrefixScorer.top_k (every
-    cluster name's constrained-decoding probability, c1 and c2 excluded)."""
+    cluster name's constrained-decoding probability, c1 and c2 excluded). With `llm_weight` < 1
+    also under "blend": the same for the rows mixed with the frequency table's as jobs.infer mixes
+    them (common/blend.py), i.e. the table a RAG strategy publishes."""
     import torch
 
+    from common.blend import blend_rows
     from common.scoring import PrefixScorer
 
     if not evalset["suffixes"]:
@@ -535,13 +547,23 @@ def score_heldout(lm, tokenizer, evalset: dict, prefix: str, batch_size: int, am
     device = lm.get_output_embeddings().weight.device
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         scorer = PrefixScorer(lm, tokenizer, evalset["names"], prefix)
-        ranked = []
+        rows = []
         for i in range(0, len(evalset["suffixes"]), batch_size):
-            idx, _ = scorer.top_k(
-                evalset["suffixes"][i : i + batch_size], evalset["exclude"][i : i + batch_size], 5
+            idx, logp = scorer.top_k(
+                evalset["suffixes"][i : i + batch_size], evalset["exclude"][i : i + batch_size], 10
             )
-            ranked.extend(idx.tolist())
-    return accuracy(evalset, ranked)
+            rows.extend(
+                list(zip(r, p, strict=True))
+                for r, p in zip(idx.tolist(), logp.float().exp().tolist(), strict=True)
+            )
+    out = accuracy(evalset, [[pos for pos, _ in row] for row in rows])
+    if llm_weight < 1:
+        mixed = [
+            [pos for pos, _ in blend_rows(row, [tuple(f) for f in freq], llm_weight, 10)]
+            for row, freq in zip(rows, evalset["frequency_scored"], strict=True)
+        ]
+        out["blend"] = {"llm_weight": llm_weight, **accuracy(evalset, mixed)}
+    return out
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -699,10 +721,11 @@ def train_loop_per_worker(config: dict) -> dict:
         ev, prefix, bs = config["eval"], config["prefix"], config.get("eval_batch_size", 32)
         t0 = time.perf_counter()
         lm = peft.get_base_model()
-        final["heldout"] = score_heldout(lm, tokenizer, ev, prefix, bs, amp)
+        weight = config.get("llm_weight", 1.0)
+        final["heldout"] = score_heldout(lm, tokenizer, ev, prefix, bs, amp, weight)
         if config.get("eval_base", True):
             with peft.disable_adapter():
-                final["base"] = score_heldout(lm, tokenizer, ev, prefix, bs, amp)
+                final["base"] = score_heldout(lm, tokenizer, ev, prefix, bs, amp, weight)
         final["frequency"] = frequency_accuracy(ev)
         final["eval_seconds"] = time.perf_counter() - t0
         log.info(

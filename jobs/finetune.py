@@ -66,6 +66,8 @@ def loop_config(cfg: Config, data: dict) -> dict:
         "use_gpu": ft.use_gpu,
         "eval_batch_size": ft.eval_batch_size,
         "eval_base": ft.eval_base,
+        # held-out rows also scored mixed with the counts, as a RAG strategy's table is
+        "llm_weight": cfg.infer.llm_weight if cfg.prompt.rag and cfg.prompt.rag_top > 0 else 1.0,
     }
 
 
@@ -182,6 +184,7 @@ def run(cfg: Config) -> dict:
         "window": data["stats"]["train_window"],
         "holdout": data["stats"]["holdout_window"],
         "heldout_acc@1": metrics.get("heldout", {}).get("acc@1"),
+        "blend_acc@1": metrics.get("heldout", {}).get("blend", {}).get("acc@1"),
         "base_acc@1": metrics.get("base", {}).get("acc@1"),
         "frequency_acc@1": metrics.get("frequency", {}).get("acc@1"),
         "tokens_per_s": metrics.get("tokens_per_s_all_workers"),
@@ -201,9 +204,11 @@ def main(argv: list[str] | None = None) -> dict:
         "python -m jobs.finetune",
         "LoRA fine-tune (Ray Train) on the transitions of [d - finetune.window_days, d); the "
         "last finetune.holdout_days are held out and scored (adapter, base model, frequency "
-        "top-1).",
+        "top-1; with RAG prompts and infer.llm_weight < 1 also the adapter's rows mixed with the "
+        "counts, as the hybrid table is).",
         reads="stats/transitions/, inputs.clusters, the base model (model.*), finetune.*, "
-        "prompt.*, retrieval.window_days (RAG successors of each example)",
+        "prompt.*, retrieval.window_days (RAG successors of each example), infer.llm_weight "
+        "(the held-out blend line)",
         writes="checkpoints/<run>/ (Ray Train; resumed on re-run), adapters/<version>/ "
         "(PEFT adapter + meta.json), adapters/LATEST, reports/<report>/finetune-<day>.json",
     )

@@ -159,12 +159,11 @@ def trainable_tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny_trainable"), initializer_range=0.2)
 
 
-@pytest.mark.timeout(180)
-def test_lora_learns_toy_mapping_and_adapter_reloads(trainable_tiny, tmp_path):
-    from common.model import load_model, load_tokenizer
+def ten_toy_days(model_dir):
+    """(tokenizer, build_data) of the toy's 10 days: 8 to train on, the last 2 held out."""
+    from common.model import load_tokenizer
 
-    tiny_model_dir = trainable_tiny
-    tok = load_tokenizer(tiny_model_dir)
+    tok = load_tokenizer(model_dir)
     spec = training.DataSpec(
         day=START + dt.timedelta(days=10),
         window_days=10,
@@ -174,14 +173,50 @@ def test_lora_learns_toy_mapping_and_adapter_reloads(trainable_tiny, tmp_path):
         max_per_target=400,
         max_examples=2000,
     )
-    data = training.build_data(spec, toy_transitions(10), CATALOG, tok)
-    out = training.train_loop_per_worker(loop_config(tiny_model_dir, data, tmp_path / "ckpt"))
+    return tok, training.build_data(spec, toy_transitions(10), CATALOG, tok)
+
+
+@pytest.mark.timeout(180)
+def test_lora_learns_toy_mapping_and_adapter_reloads(trainable_tiny, tmp_path):
+    from common.model import load_model
+
+    tiny_model_dir = trainable_tiny
+    tok, data = ten_toy_days(tiny_model_dir)
+    out = training.train_loop_per_worker(
+        loop_config(tiny_model_dir, data, tmp_path / "ckpt", llm_weight=0.0)
+    )
     chance = 1 / 6  # six clusters remain once c1 and c2 are excluded
     assert out["base"]["acc@1"] < 0.4
     assert out["heldout"]["acc@1"] >= 0.6 > 3 * chance
     assert out["heldout"]["acc@1"] > out["base"]["acc@1"] + 0.3
     assert out["tokens_per_s"] > 0 and out["mfu"] > 0
+    # The loop's llm_weight reaches the held-out blend line (0: the frequency table's rows).
+    assert out["heldout"]["blend"]["acc@1"] == out["frequency"]["acc@1"]
     # The saved PEFT adapter reproduces the score after a reload.
     model = load_model(tiny_model_dir, dtype="float32", adapter=out["adapter_dir"])
     again = training.score_heldout(model, tok, data["eval"], data["prefix"], 64, None)
     assert again["acc@1"] == pytest.approx(out["heldout"]["acc@1"])
+    assert "blend" not in again  # llm_weight 1: the adapter's own rows only
+
+
+def test_heldout_blend_spans_the_counts_and_the_model(trainable_tiny):
+    """The held-out "blend" line mixes the model's rows with the frequency table's as jobs.infer
+    does: weight 0 scores exactly the frequency table (right on every event of this
+    deterministic toy), a weight near 1 the model's own ranking (an untrained model: near
+    chance)."""
+    from common.model import load_model
+
+    tok, data = ten_toy_days(trainable_tiny)
+    ev = data["eval"]
+    rows = ev["frequency_scored"]
+    assert all(len(r) == 6 for r in rows)  # 8 clusters, c1 and c2 excluded
+    assert all(r[i][1] >= r[i + 1][1] for r in rows for i in range(5))  # scores never rise
+    assert training.frequency_accuracy(ev)["acc@1"] == 1.0
+    model = load_model(trainable_tiny, dtype="float32")
+    score = training.score_heldout
+    alone = score(model, tok, ev, data["prefix"], 64, None)
+    assert alone["acc@1"] < 0.5
+    assert score(model, tok, ev, data["prefix"], 64, None, llm_weight=0.0)["blend"]["acc@1"] == 1.0
+    near_one = score(model, tok, ev, data["prefix"], 64, None, llm_weight=0.999)["blend"]
+    assert near_one["acc@1"] == pytest.approx(alone["acc@1"], abs=0.05)
+    assert near_one["n_events"] == alone["n_events"]
