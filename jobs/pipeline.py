@@ -3,12 +3,12 @@
 `python -m jobs.pipeline tick --as-of DAY` runs, for day d: aggregate the new days; a LoRA
 fine-tune when due (fixed: every `finetune_every_days`; adaptive: when the top-5 successors of
 the recent window have drifted from those of the fine-tune's data window, Jaccard under
-`drift_threshold`, or every `finetune_every_days` while the last adapter measured weaker than
-the frequency table on its own held-out slice); a RAG refresh (retrieval snapshot + bulk
-inference + guards + publish) every `rag_every_days` and after every fine-tune. The state lives
-in `<root>/pipeline/state.json` and records each completed step, so a second tick for the same
-day does nothing, and a failed step (an exception or a failed guard) leaves `tables/CURRENT`
-alone and is retried by the next tick.
+`drift_threshold`, or every `finetune_every_days` while the table the last adapter serves
+measured weaker than the frequency table on the fine-tune's held-out slice); a RAG refresh
+(retrieval snapshot + bulk inference + guards + publish) every `rag_every_days` and after every
+fine-tune. The state lives in `<root>/pipeline/state.json` and records each completed step, so
+a second tick for the same day does nothing, and a failed step (an exception or a failed guard)
+leaves `tables/CURRENT` alone and is retried by the next tick.
 
 `python -m jobs.pipeline replay --start DAY --end DAY --strategies a,b,...` replays the cadence
 over logged history (see jobs/replay.py).
@@ -73,13 +73,16 @@ def finetune_due(
 
 
 def adapter_is_weak(metrics: dict, z: float) -> bool | None:
-    """Whether a fine-tune's held-out acc@1 fell under the frequency table's top-1 on the same
+    """Whether the table a fine-tune serves fell under the frequency table's top-1 on the same
     held-out slice by more than `z` standard errors (the two rates' binomial errors, unpaired:
-    on the safe side); None when the metrics lack either. A few dozen held-out events never make
-    an adapter weak; thousands with a gap of a few points do."""
+    on the safe side); None when the metrics lack either. The table served is the adapter's rows
+    mixed with the counts when the fine-tune scored that ("heldout" -> "blend", infer.llm_weight
+    < 1), else the adapter's own. A few dozen held-out events never make an adapter weak;
+    thousands with a gap of a few points do."""
     held, freq = metrics.get("heldout") or {}, metrics.get("frequency") or {}
-    n = held.get("n_events")
-    a, f = held.get("acc@1"), freq.get("acc@1")
+    served = held.get("blend") or held
+    n = served.get("n_events")
+    a, f = served.get("acc@1"), freq.get("acc@1")
     if not n or a is None or f is None:
         return None
     se = math.sqrt((a * (1 - a) + f * (1 - f)) / n)

@@ -95,6 +95,20 @@ def test_adapter_is_weak_needs_a_gap_beyond_its_standard_errors():
     assert adapter_is_weak({"heldout": {"acc@1": 0.1, "n_events": 0}}, z=3.0) is None
 
 
+def test_adapter_is_weak_judges_the_blend_it_serves_when_scored():
+    # The 2026-02-02 adapter alone is ten errors under the counts; mixed with them (what a
+    # hybrid table with infer.llm_weight < 1 serves) at 0.130 it is 0.8 errors under: not weak.
+    weak_alone = heldout(0.074, 0.135, 4989)
+    mixed = {
+        **weak_alone["heldout"],
+        "blend": {"llm_weight": 0.3, "acc@1": 0.130, "n_events": 4989},
+    }
+    assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0) is False
+    # And the other way round: a blend far under the counts is weak whatever the adapter alone.
+    mixed = {"acc@1": 0.135, "n_events": 4989, "blend": {"acc@1": 0.074, "n_events": 4989}}
+    assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0) is True
+
+
 def counts(rows):
     return pa.Table.from_pylist(
         [dict(day=d, c1=a, c2=b, c3=c, count=n) for d, a, b, c, n in rows],
@@ -174,4 +188,3 @@ def test_table_cache_key_leaves_out_later_settings_only_at_their_old_behaviour(m
     assert table_key(with_overrides(cfg, infer__llm_weight=0.3)) != old
     monkeypatch.setattr(replay, "LATER_INFER_DEFAULTS", {})
     assert table_key(cfg) != old  # with the setting in the key, old roots would not match
-
