@@ -229,9 +229,14 @@ class Replayer:
 def table_key(cfg: Config) -> str:
     """What a table depends on: the day, the infer/prompt/retrieval/model settings, the adapter.
     The work root's counts for days < d are the same in every replay of one source root."""
+    from jobs.infer import uses_rag
+
+    infer = without_later_defaults(cfg.infer, LATER_INFER_DEFAULTS)
+    if not uses_rag(cfg.infer.strategy):
+        infer.pop("llm_weight", None)  # only a RAG strategy's table mixes in the counts
     parts = [
         str(cfg.as_of),
-        without_later_defaults(cfg.infer, LATER_INFER_DEFAULTS),
+        infer,
         cfg.prompt.model_dump(mode="json"),
         cfg.retrieval.model_dump(mode="json"),
         cfg.model.model_dump(mode="json"),

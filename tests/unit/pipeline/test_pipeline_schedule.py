@@ -180,7 +180,7 @@ def test_with_overrides_copies_and_validates():
 def test_table_cache_key_leaves_out_later_settings_only_at_their_old_behaviour(monkeypatch):
     """infer.llm_weight came after work roots were made: at 1 (the LLM alone, as before) it is
     left out of the replay's table key, so those roots' tables are reused; any other weight
-    makes a new table."""
+    makes a new table, for the strategies it changes (rag, hybrid)."""
     from jobs import replay
 
     cfg = load_config(None, ["as_of=2026-03-01", "infer.llm_weight=1"])
@@ -188,3 +188,6 @@ def test_table_cache_key_leaves_out_later_settings_only_at_their_old_behaviour(m
     assert table_key(with_overrides(cfg, infer__llm_weight=0.3)) != old
     monkeypatch.setattr(replay, "LATER_INFER_DEFAULTS", {})
     assert table_key(cfg) != old  # with the setting in the key, old roots would not match
+    # A strategy whose table the weight does not touch keeps one key whatever the weight.
+    ft = with_overrides(cfg, infer__strategy="ft")
+    assert table_key(with_overrides(ft, infer__llm_weight=0.3)) == table_key(ft)
