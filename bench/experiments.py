@@ -157,7 +157,7 @@ def adaptive_days(
     here, so the weak-adapter check (which can only add fine-tunes on monthly days) is left out.
     `cache` keeps each window's top successors across calls (the windows repeat across
     thresholds)."""
-    from jobs.pipeline import finetune_due, top_successors
+    from jobs.pipeline import finetune_due, mean_jaccard, top_successors
 
     pcfg = with_overrides(cfg, pipeline__policy="adaptive").pipeline
 
@@ -167,12 +167,10 @@ def adaptive_days(
         return cache[(lo, hi)]
 
     def jaccard(last: dt.date, day: dt.date) -> float | None:
-        a = tops(last - cfg.finetune.window_days * DAY, last)
-        b = tops(day - pcfg.drift_window_days * DAY, day)
-        both = sorted(set(a) & set(b))
-        if not both:
-            return None
-        return sum(len(a[p] & b[p]) / len(a[p] | b[p]) for p in both) / len(both)
+        return mean_jaccard(
+            tops(last - cfg.finetune.window_days * DAY, last),
+            tops(day - pcfg.drift_window_days * DAY, day),
+        )
 
     days: list[tuple[str, float | None]] = []
     last = None

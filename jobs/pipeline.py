@@ -151,8 +151,14 @@ def window_jaccard(
 ) -> float | None:
     """Mean Jaccard of the top-`top` successor sets of the pairs well supported in both windows
     (SYSTEM.md "Evaluation": drift); None when no pair qualifies."""
-    sa = top_successors(transitions, a[0], a[1], top, min_support)
-    sb = top_successors(transitions, b[0], b[1], top, min_support)
+    return mean_jaccard(
+        top_successors(transitions, a[0], a[1], top, min_support),
+        top_successors(transitions, b[0], b[1], top, min_support),
+    )
+
+
+def mean_jaccard(sa: dict, sb: dict) -> float | None:
+    """Mean Jaccard of two {pair: successor set} maps over the pairs in both; None when none."""
     common = sorted(set(sa) & set(sb))
     if not common:
         return None
