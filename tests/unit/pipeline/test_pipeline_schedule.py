@@ -97,7 +97,7 @@ def test_adapter_is_weak_needs_a_gap_beyond_its_standard_errors():
 
 def test_adapter_is_weak_judges_the_blend_it_serves_when_scored():
     # The 2026-02-02 adapter alone is ten errors under the counts; mixed with them (what a
-    # hybrid table with infer.llm_weight < 1 serves) at 0.130 it is 0.8 errors under: not weak.
+    # hybrid table with infer.llm_weight < 1 serves) at 0.130 it is 0.7 errors under: not weak.
     weak_alone = heldout(0.074, 0.135, 4989)
     mixed = {
         **weak_alone["heldout"],
