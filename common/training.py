@@ -559,7 +559,7 @@ def score_heldout(
     out = accuracy(evalset, [[pos for pos, _ in row] for row in rows])
     if llm_weight < 1:
         mixed = [
-            [pos for pos, _ in blend_rows(row, [tuple(f) for f in freq], llm_weight, 10)]
+            [pos for pos, _ in blend_rows(row, freq, llm_weight, 10)]
             for row, freq in zip(rows, evalset["frequency_scored"], strict=True)
         ]
         out["blend"] = {"llm_weight": llm_weight, **accuracy(evalset, mixed)}

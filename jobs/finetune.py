@@ -43,8 +43,9 @@ def finetune_day(cfg: Config) -> dt.date:
     return days[-1] + DAY
 
 
-def loop_config(cfg: Config, data: dict) -> dict:
-    """The plain-data config `train_loop_per_worker` reads (it travels to every worker)."""
+def loop_config(cfg: Config, data: dict, rag: bool) -> dict:
+    """The plain-data config `train_loop_per_worker` reads (it travels to every worker); `rag`:
+    the prompts carry a RAG line (DataSpec.rag)."""
     ft = cfg.finetune
     return {
         "model": cfg.model.model_dump(),
@@ -67,7 +68,7 @@ def loop_config(cfg: Config, data: dict) -> dict:
         "eval_batch_size": ft.eval_batch_size,
         "eval_base": ft.eval_base,
         # held-out rows also scored mixed with the counts, as a RAG strategy's table is
-        "llm_weight": cfg.infer.llm_weight if cfg.prompt.rag and cfg.prompt.rag_top > 0 else 1.0,
+        "llm_weight": cfg.infer.llm_weight if rag else 1.0,
     }
 
 
@@ -141,7 +142,7 @@ def run(cfg: Config) -> dict:
         raise InputError(f"no training transitions in [{start}, {hold}) under {cfg.root}")
     data_s = time.perf_counter() - t0
     log.info("fine-tune data for %s: %s", day, json.dumps(data["stats"]))
-    config = loop_config(cfg, data)
+    config = loop_config(cfg, data, spec.rag)
     name = run_name(cfg, day, data)
     scratch = tempfile.mkdtemp(prefix="finetune-")
     try:

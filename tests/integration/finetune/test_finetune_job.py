@@ -101,6 +101,9 @@ def test_finetune_in_driver_publishes_adapter(root, tiny_model_dir):
     summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 0)))
     assert summary["examples"] == 64 and summary["start_step"] == 0
     assert summary["frequency_acc@1"] == 1.0  # the rule is the window's top successor
+    # RAG prompts and infer.llm_weight 0.3 (defaults): the held-out line also scores the table a
+    # hybrid strategy serves; the tiny model's near-flat scores leave the counts' order in place.
+    assert summary["blend_acc@1"] == 1.0
     check_adapter(summary, tiny_model_dir)
     report = json.loads(
         open(f"{root}/reports/default/finetune-{START + dt.timedelta(days=DAYS)}.json").read()
@@ -119,10 +122,10 @@ def test_two_ray_workers_resume_after_a_worker_failure(
     marker = os.path.join(root, "failed-once")
     plain = finetune.loop_config
 
-    def with_failure(cfg, data):
+    def with_failure(cfg, data, rag):
         # The last worker raises once at step 3 (after the step-2 checkpoint): Ray Train restarts
         # the worker group (FailureConfig(max_failures=1)), which resumes from step 2.
-        return {**plain(cfg, data), "fail_at_step": 3, "fail_marker": marker}
+        return {**plain(cfg, data, rag), "fail_at_step": 3, "fail_marker": marker}
 
     monkeypatch.setattr(finetune, "loop_config", with_failure)
     summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 2)))
