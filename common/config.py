@@ -271,10 +271,10 @@ class PipelineConfig(Section):
         ge=0,
         description="Adaptive: a stable log skips the fine-tune due every finetune_every_days "
         "only when the last adapter earned it: the held-out acc@1 of the table it serves "
-        "(meta.json; its rows mixed with the counts when the fine-tune scored that blend, "
-        "infer.llm_weight < 1) is not under the frequency table's top-1 on the same slice by "
-        "more than this many standard errors. None: drift alone decides (docs/results.md, the "
-        "44-day replay).",
+        "(meta.json; its rows mixed with the counts when the fine-tune scored that blend at "
+        "today's infer.llm_weight < 1, else the adapter alone) is not under the frequency "
+        "table's top-1 on the same slice by more than this many standard errors. None: drift "
+        "alone decides (docs/results.md, the 44-day replay).",
     )
     strategies: list[str] = Field(
         default_factory=lambda: [

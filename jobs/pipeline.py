@@ -72,15 +72,24 @@ def finetune_due(
     return False, "stable"
 
 
-def adapter_is_weak(metrics: dict, z: float) -> bool | None:
+def served_heldout(held: dict, llm_weight: float | None) -> dict:
+    """The held-out line of the table served at `llm_weight` (None: any): the blend line when
+    the fine-tune scored one at that weight, else the adapter alone."""
+    blend = held.get("blend")
+    if blend and (llm_weight is None or math.isclose(blend.get("llm_weight", -1), llm_weight)):
+        return blend
+    return held
+
+
+def adapter_is_weak(metrics: dict, z: float, llm_weight: float | None = None) -> bool | None:
     """Whether the table a fine-tune serves fell under the frequency table's top-1 on the same
     held-out slice by more than `z` standard errors (the two rates' binomial errors, unpaired:
     on the safe side); None when the metrics lack either. The table served is the adapter's rows
-    mixed with the counts when the fine-tune scored that ("heldout" -> "blend", infer.llm_weight
-    < 1), else the adapter's own. A few dozen held-out events never make an adapter weak;
-    thousands with a gap of a few points do."""
+    mixed with the counts when the fine-tune scored that mix ("heldout" -> "blend") at the
+    weight served now (`llm_weight`, None: any), else the adapter's own. A few dozen held-out
+    events never make an adapter weak; thousands with a gap of a few points do."""
     held, freq = metrics.get("heldout") or {}, metrics.get("frequency") or {}
-    served = held.get("blend") or held
+    served = served_heldout(held, llm_weight)
     n = served.get("n_events")
     a, f = served.get("acc@1"), freq.get("acc@1")
     if not n or a is None or f is None:
@@ -89,8 +98,10 @@ def adapter_is_weak(metrics: dict, z: float) -> bool | None:
     return f - a > z * se
 
 
-def last_adapter_weak(pcfg: PipelineConfig, adapter: str | None) -> bool | None:
-    """adapter_is_weak from the adapter's meta.json; None when switched off or not measured."""
+def last_adapter_weak(pcfg: PipelineConfig, adapter: str | None, llm_weight: float) -> bool | None:
+    """adapter_is_weak from the adapter's meta.json; None when switched off or not measured.
+    `llm_weight` is infer.llm_weight now: a blend line scored at another weight is not what
+    is served, so the adapter is judged alone then (on the safe side: a re-fine-tune)."""
     if pcfg.policy != "adaptive" or pcfg.weak_adapter_z is None or not adapter:
         return None
     from common.model import read_adapter_meta
@@ -100,7 +111,17 @@ def last_adapter_weak(pcfg: PipelineConfig, adapter: str | None) -> bool | None:
     except (FileNotFoundError, ValueError) as e:
         log.warning("adaptive: no meta.json for adapter %s (%s); drift alone decides", adapter, e)
         return None
-    return adapter_is_weak(metrics, pcfg.weak_adapter_z)
+    held = metrics.get("heldout") or {}
+    blend = held.get("blend")
+    if blend and llm_weight < 1 and served_heldout(held, llm_weight) is held:
+        log.warning(
+            "adaptive: adapter %s scored its blend at infer.llm_weight=%s, not today's %s; "
+            "judging the adapter alone",
+            adapter,
+            blend.get("llm_weight"),
+            llm_weight,
+        )
+    return adapter_is_weak(metrics, pcfg.weak_adapter_z, llm_weight)
 
 
 def warn_drift_unmeasured(pcfg: PipelineConfig, day: dt.date) -> None:
@@ -250,7 +271,7 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
             day - dt.timedelta(days=pcfg.drift_window_days),
         )
         jaccard = drift_since_finetune(cfg, read_transitions(cfg.root, lo, day), last_ft, day)
-        weak = last_adapter_weak(pcfg, state["last_finetune"].get("adapter"))
+        weak = last_adapter_weak(pcfg, state["last_finetune"].get("adapter"), cfg.infer.llm_weight)
     due, reason = finetune_due(pcfg, last_ft, day, jaccard, weak)
     if reason == "unmeasured":
         warn_drift_unmeasured(pcfg, day)

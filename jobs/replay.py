@@ -307,7 +307,9 @@ def replay(
                 jac = drift_since_finetune(cfg, history, last, day) if last else None
                 last_adapter = rep.adapter(last)[0] if last else None
                 if last_adapter not in weak_of:
-                    weak_of[last_adapter] = last_adapter_weak(adaptive_cfg.pipeline, last_adapter)
+                    weak_of[last_adapter] = last_adapter_weak(
+                        adaptive_cfg.pipeline, last_adapter, adaptive_cfg.infer.llm_weight
+                    )
                 weak = weak_of[last_adapter]
                 due, reason = finetune_due(adaptive_cfg.pipeline, last, day, jac, weak)
                 drift_by_day[day.isoformat()]["adaptive_jaccard"] = jac

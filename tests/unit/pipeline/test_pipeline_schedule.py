@@ -104,6 +104,10 @@ def test_adapter_is_weak_judges_the_blend_it_serves_when_scored():
         "blend": {"llm_weight": 0.3, "acc@1": 0.130, "n_events": 4989},
     }
     assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0) is False
+    assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0, llm_weight=0.3) is False
+    # Served at another weight (1: the adapter alone), the 0.3 line says nothing of it.
+    assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0, llm_weight=1.0) is True
+    assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0, llm_weight=0.5) is True
     # And the other way round: a blend far under the counts is weak whatever the adapter alone.
     mixed = {"acc@1": 0.135, "n_events": 4989, "blend": {"acc@1": 0.074, "n_events": 4989}}
     assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0) is True
