@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pyarrow as pa
 import pytest
@@ -12,6 +13,7 @@ from common.config import load_config
 from jobs.pipeline import (
     adapter_is_weak,
     finetune_due,
+    last_adapter_weak,
     refresh_due,
     window_jaccard,
     with_overrides,
@@ -111,6 +113,21 @@ def test_adapter_is_weak_judges_the_blend_it_serves_when_scored():
     # And the other way round: a blend far under the counts is weak whatever the adapter alone.
     mixed = {"acc@1": 0.135, "n_events": 4989, "blend": {"acc@1": 0.074, "n_events": 4989}}
     assert adapter_is_weak({**weak_alone, "heldout": mixed}, z=3.0) is True
+
+
+def test_last_adapter_weak_reads_meta_json_at_todays_weight(tmp_path, caplog):
+    weak_alone = heldout(0.074, 0.135, 4989)
+    blend = {"llm_weight": 0.3, "acc@1": 0.130, "n_events": 4989}
+    metrics = {**weak_alone, "heldout": {**weak_alone["heldout"], "blend": blend}}
+    (tmp_path / "meta.json").write_text(json.dumps({"metrics": metrics}))
+    pcfg = load_config(overrides=["pipeline.policy=adaptive"]).pipeline
+    assert last_adapter_weak(pcfg, str(tmp_path), 0.3) is False
+    assert not caplog.records
+    assert last_adapter_weak(pcfg, str(tmp_path), 1.0) is True  # served alone: no warning
+    assert not caplog.records
+    assert last_adapter_weak(pcfg, str(tmp_path), 0.5) is True
+    assert "infer.llm_weight=0.3, not today's 0.5" in caplog.text
+    assert last_adapter_weak(pcfg, str(tmp_path / "missing"), 0.3) is None
 
 
 def counts(rows):
