@@ -265,13 +265,16 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
     jaccard = weak = None
     if pcfg.policy == "adaptive" and last_ft is not None:
         from common.transitions import read_transitions
+        from jobs.infer import uses_rag
 
         lo = min(
             last_ft - dt.timedelta(days=cfg.finetune.window_days),
             day - dt.timedelta(days=pcfg.drift_window_days),
         )
         jaccard = drift_since_finetune(cfg, read_transitions(cfg.root, lo, day), last_ft, day)
-        weak = last_adapter_weak(pcfg, state["last_finetune"].get("adapter"), cfg.infer.llm_weight)
+        # The weight of the table the refresh publishes: 1 (the adapter alone) without RAG.
+        weight = cfg.infer.llm_weight if uses_rag(cfg.infer.strategy) else 1.0
+        weak = last_adapter_weak(pcfg, state["last_finetune"].get("adapter"), weight)
     due, reason = finetune_due(pcfg, last_ft, day, jaccard, weak)
     if reason == "unmeasured":
         warn_drift_unmeasured(pcfg, day)

@@ -223,12 +223,12 @@ def test_adaptive_refinetunes_a_weak_adapter_on_the_monthly_day(tmp_path, caplog
     table (the 44-day replay's failure, docs/results.md); an adapter as good as the counts
     keeps its place; one without meta.json leaves drift alone to decide, and the tick says so."""
 
-    def run(name: str, metrics: dict, write_meta: bool = True) -> FakeSteps:
+    def run(name: str, metrics: dict, write_meta: bool = True, *sets: str) -> FakeSteps:
         root = str(tmp_path / name)
         plant_counts(root, range(0, 70), [2, 3, 4, 5, 6])
         cfg = load_config(
             None,
-            [f"root={root}", "finetune.window_days=10", "pipeline.policy=adaptive"],
+            [f"root={root}", "finetune.window_days=10", "pipeline.policy=adaptive", *sets],
         )
         steps = FakeSteps(metrics, write_meta)
         for i in range(10, 70):
@@ -243,6 +243,14 @@ def test_adaptive_refinetunes_a_weak_adapter_on_the_monthly_day(tmp_path, caplog
 
     strong = {"heldout": {"acc@1": 0.14, "n_events": 4989}, "frequency": {"acc@1": 0.135}}
     assert run("strong", strong).days("finetune") == [day(10)]
+
+    # Weak alone, level with the counts as the default hybrid table serves it (blended at
+    # infer.llm_weight 0.3): kept. An `ft` table serves the adapter alone: fine-tuned again.
+    blend = {"llm_weight": 0.3, "acc@1": 0.13, "n_events": 4989}
+    mixed = {**weak, "heldout": {**weak["heldout"], "blend": blend}}
+    assert run("mixed", mixed).days("finetune") == [day(10)]
+    ft = run("mixed-ft", mixed, True, "infer.strategy=ft").days("finetune")
+    assert ft == [day(10), day(40)]
 
     # No held-out line at all (an adapter trained elsewhere): no verdict, drift decides.
     assert run("unmeasured", {}).days("finetune") == [day(10)]
