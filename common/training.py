@@ -245,7 +245,8 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
     per successor, prompts with the snapshot as of `hold` (what a table built then would name),
     and the frequency table's top 10 (with the serving backoff: c2's global top, then overall)."""
     from common import prompts
-    from common.lookup import padded_rows, rows_by_key
+    from common.lookup import GLOBAL, padded_rows, rows_by_key
+    from common.publish import build_backoff
     from common.retrieval import rag_for, retrieved_lists
     from common.transitions import top_pairs
 
@@ -270,7 +271,6 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
     snap = snapshot_as_of(transitions, hold, spec.rag_window_days, spec.rag_top_n)
     lists = retrieved_lists(snap, spec.rag_variant, spec.rag_top) if spec.rag else {}
     freq = rows_by_key(snap["frequency"], ["c1", "c2"])
-    glob = rows_by_key(snap["global"], ["c2"])
     window = transitions.filter(
         pc.and_(
             pc.greater_equal(
@@ -279,19 +279,14 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
             pc.less(transitions["day"], pa.scalar(hold, pa.date32())),
         )
     )
-    per_c3 = window.group_by("c3").aggregate([("count", "sum")])
-    per_c3 = per_c3.sort_by([("count_sum", "descending"), ("c3", "ascending")])
-    total = max(pc.sum(per_c3["count_sum"]).as_py() or 0, 1)
-    overall = [
-        (c, n / total)
-        for c, n in zip(per_c3["c3"].to_pylist(), per_c3["count_sum"].to_pylist(), strict=True)
-    ]
+    # the backoff lists jobs.infer publishes with the table: c2's global top, then overall
+    backoff = rows_by_key(build_backoff(snap["global"], window, catalog, 10), ["c2"])
     freq_scored = []
     for a, b in pairs:
         served = (
             (freq.get((a, b), []), "frequency"),
-            (glob.get((b,), []), "backoff"),
-            (overall, "backoff"),
+            (backoff.get((b,), []), "backoff"),
+            (backoff.get((GLOBAL,), []), "backoff"),
         )
         row = padded_rows(served, (a, b), 10, catalog)
         freq_scored.append([[catalog.position(c), score] for c, score, _ in row])
