@@ -24,7 +24,7 @@ from common import guards, publish, schemas, storage
 from common.blend import blend_tables
 from common.catalog import Catalog, load_catalog
 from common.cli import InputError, job_parser, run_main
-from common.config import Config
+from common.config import Config, InferConfig
 from common.evaluation import hit_rates
 from common.lookup import GLOBAL, Lookup, padded_rows, rows_by_key
 from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
@@ -50,6 +50,12 @@ def build_day(cfg: Config) -> dt.date:
 
 def uses_rag(strategy: str) -> bool:
     return strategy in ("rag", "hybrid")
+
+
+def served_llm_weight(infer: InferConfig) -> float:
+    """The weight of the model's scores in the table this strategy publishes: infer.llm_weight
+    for a RAG strategy (mixed with the retrieved counts), 1 (the model alone) otherwise."""
+    return infer.llm_weight if uses_rag(infer.strategy) else 1.0
 
 
 def uses_adapter(strategy: str) -> bool:
@@ -111,10 +117,11 @@ def answer_table(
     infer.llm_weight < 1: the counts it mixes in are the retrieved ones it may see."""
     k = cfg.infer.top_k
     table = fill_table(pairs, answers, source, backoff, catalog, k)
-    if source != "llm" or not uses_rag(cfg.infer.strategy) or cfg.infer.llm_weight >= 1:
+    weight = served_llm_weight(cfg.infer)
+    if source != "llm" or weight >= 1:
         return table
     freq = fill_table(pairs, ranked(snap["frequency"]), "frequency", backoff, catalog, k)
-    return blend_tables(table, freq, cfg.infer.llm_weight, k)
+    return blend_tables(table, freq, weight, k)
 
 
 def only_pairs(events: pa.Table, pairs: list[tuple[int, int]]) -> pa.Table:

@@ -265,16 +265,15 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
     jaccard = weak = None
     if pcfg.policy == "adaptive" and last_ft is not None:
         from common.transitions import read_transitions
-        from jobs.infer import uses_rag
+        from jobs.infer import served_llm_weight
 
         lo = min(
             last_ft - dt.timedelta(days=cfg.finetune.window_days),
             day - dt.timedelta(days=pcfg.drift_window_days),
         )
         jaccard = drift_since_finetune(cfg, read_transitions(cfg.root, lo, day), last_ft, day)
-        # The weight of the table the refresh publishes: 1 (the adapter alone) without RAG.
-        weight = cfg.infer.llm_weight if uses_rag(cfg.infer.strategy) else 1.0
-        weak = last_adapter_weak(pcfg, state["last_finetune"].get("adapter"), weight)
+        adapter = state["last_finetune"].get("adapter")
+        weak = last_adapter_weak(pcfg, adapter, served_llm_weight(cfg.infer))
     due, reason = finetune_due(pcfg, last_ft, day, jaccard, weak)
     if reason == "unmeasured":
         warn_drift_unmeasured(pcfg, day)
