@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -189,6 +189,18 @@ class FinetuneConfig(Section):
         True, description="Also score the base model (adapter off) on the held-out slice."
     )
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Linear LR warm-up share.")
+
+    # How a fine-tune runs, not what it learns: a run resumed with more threads, another
+    # checkpoint cadence or other resources finds its checkpoints, and a replay its adapters.
+    RUNTIME_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"threads", "checkpoint_every_steps", "max_failures", "cpus_per_worker",
+         "gpus_per_worker", "eval_batch_size"}
+    )
+
+    def learning_settings(self) -> dict:
+        """The settings that decide the adapter and its held-out line: what run names and the
+        replay's adapter cache hash."""
+        return self.model_dump(mode="json", exclude=set(self.RUNTIME_ONLY))
 
 
 class InferConfig(Section):

@@ -5,8 +5,9 @@ the last days held out, each the exact inference prompt + answer). The per-worke
 common/training.py `train_loop_per_worker`, run by a Ray Train V2 `TorchTrainer` (DDP: gloo on
 CPU, NCCL on GPU) with checkpoints under `<root>/checkpoints/<run name>` (local or S3) and
 `FailureConfig(max_failures)`: a failed worker group restarts from the last checkpoint. The run
-name is a hash of the day, the config and the examples, so re-running the same job after a crash
-resumes it too. `finetune.num_workers=0` runs the same loop in the driver without Ray Train.
+name is a hash of the day, the examples and the settings that decide what is learned (not
+threads, checkpoint cadence or resources), so re-running the same job after a crash resumes it
+too. `finetune.num_workers=0` runs the same loop in the driver without Ray Train.
 The final adapter is published under `<root>/adapters/<version>/` (PEFT format + meta.json with
 base model, data window, prompt settings and metrics) and `adapters/LATEST` moves to it.
 """
@@ -73,14 +74,15 @@ def loop_config(cfg: Config, data: dict, rag: bool) -> dict:
 
 
 def run_name(cfg: Config, day: dt.date, data: dict) -> str:
-    """Same day + settings + examples -> same name: a re-run resumes the stored checkpoints."""
+    """Same day + learning settings + model + examples -> same name: a re-run resumes the stored
+    checkpoints, also with other threads, checkpoint cadence or resources (RUNTIME_ONLY)."""
     h = hashlib.sha1()
     h.update(
         json.dumps(
             [
                 str(day),
-                cfg.finetune.model_dump(mode="json"),
-                cfg.model.model_dump(mode="json"),
+                cfg.finetune.learning_settings(),
+                cfg.model.name_or_path,
                 cfg.prompt.model_dump(mode="json"),
             ],
             sort_keys=True,
@@ -210,8 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
         reads="stats/transitions/, inputs.clusters, the base model (model.*), finetune.*, "
         "prompt.*, retrieval.window_days (RAG successors of each example), infer.llm_weight "
         "(the held-out blend line)",
-        writes="checkpoints/<run>/ (Ray Train; resumed on re-run), adapters/<version>/ "
-        "(PEFT adapter + meta.json), adapters/LATEST, reports/<report>/finetune-<day>.json",
+        writes="checkpoints/<run>/ (Ray Train; a re-run resumes it, also with other threads or "
+        "resources), adapters/<version>/ (PEFT adapter + meta.json), adapters/LATEST, "
+        "reports/<report>/finetune-<day>.json",
     )
     return run_main(parser, run, argv)
 

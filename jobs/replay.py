@@ -155,8 +155,9 @@ class Replayer:
     """Builds (and caches) snapshots, adapters and tables in the work root, timing each.
 
     Adapters are recorded in `<work>/replay_adapters.json` under the fine-tune day and a key of
-    the fine-tune and model config, so replays that share a work root train each one once (an
-    adapter for day f reads only [f - W, f): valid for any replay that serves days >= f).
+    the settings that decide what is learned (FinetuneConfig.learning_settings, the model, the
+    prompt), so replays that share a work root train each one once (an adapter for day f reads
+    only [f - W, f): valid for any replay that serves days >= f).
     """
 
     def __init__(self, cfg: Config, work: str):
@@ -177,7 +178,7 @@ class Replayer:
         self.key = hashlib.sha1(
             json.dumps(
                 [
-                    cfg.finetune.model_dump(mode="json"),
+                    cfg.finetune.learning_settings(),
                     cfg.model.name_or_path,
                     cfg.prompt.model_dump(mode="json"),
                 ],

@@ -110,6 +110,22 @@ def test_finetune_in_driver_publishes_adapter(root, tiny_model_dir):
     )
     assert report["version"] == summary["version"]
 
+    # Run again with other runtime settings only: same run name, so it resumes the finished run's
+    # last checkpoint (step 8 of 8) instead of training again; a learning setting renames it.
+    rerun = overrides(root, tiny_model_dir, 0) + [
+        "finetune.threads=2",
+        "finetune.checkpoint_every_steps=3",
+        "finetune.eval_batch_size=4",
+    ]
+    again = finetune.run(load_config(None, rerun))
+    assert again["run_name"] == summary["run_name"]
+    assert again["start_step"] == again["metrics"]["total_steps"] == 8
+    day, data = START + dt.timedelta(days=DAYS), {"train": [[1, 2, 3]]}
+    wider = load_config(None, rerun + ["finetune.lora_r=8"])
+    assert finetune.run_name(wider, day, data) != finetune.run_name(
+        load_config(None, rerun), day, data
+    )
+
 
 @pytest.mark.ray
 @pytest.mark.timeout(420)

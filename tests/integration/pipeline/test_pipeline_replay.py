@@ -14,7 +14,7 @@ from common.lookup import Lookup
 from common.storage import join, read_json
 from common.tables_io import write_parquet
 from common.transitions import day_dir, read_transitions
-from jobs.replay import replay
+from jobs.replay import Replayer, replay
 
 pytestmark = pytest.mark.ray
 
@@ -107,6 +107,10 @@ def test_replay_strategies_share_adapters_and_write_the_report(sim_copy):
     # One adapter per fine-tune day, trained once and shared by the strategies.
     index = read_json(join(root, "reports", "cmp", "work", "replay_adapters.json"))
     assert sorted(k.split("/")[0] for k in index) == days
+    # Other runtime settings key the same adapters: a replay with them trains none again.
+    runtime = ["finetune.threads=2", "finetune.checkpoint_every_steps=7", "finetune.max_failures=0"]
+    again = Replayer(load_config(None, overrides + runtime), join(root, "reports", "cmp", "work"))
+    assert {k.split("/")[1] for k in index} == {again.key}
     # The tables in effect on day 1: hybrid's from day 0 (adapter of day 0), adaptive's own.
     timeline = read_json(join(root, "reports", "cmp", "timeline.json"))["hit_rates"]
     assert timeline["hybrid"][days[1]]["version"] == timeline["hybrid"][days[0]]["version"]
