@@ -25,7 +25,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from ray import serve
 from ray.serve.metrics import Counter
-from starlette._utils import get_route_path  # what Starlette's router matches on
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.lookup import Lookup
@@ -223,6 +222,15 @@ HISTORY_DOC = "Cluster ids, oldest first, comma separated; the last two are used
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+def route_path(scope: Scope) -> str:
+    """The path an app's router matches: `path` less the `root_path` it is mounted under, by
+    the rule Starlette's router applies (its helper for it is private, so not imported)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
+
+
 class NextFastPath:
     """Answers a well-formed `GET /v1/next` before FastAPI's routing and parameter handling,
     which were a third of a replica's CPU per request under load (docs/benchmarks.md, issue 5).
@@ -237,11 +245,7 @@ class NextFastPath:
         self.replica: Any = None  # the NextInterest instance of this process, found on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and get_route_path(scope) == "/v1/next"
-        ):
+        if scope["type"] == "http" and scope["method"] == "GET" and route_path(scope) == "/v1/next":
             if self.replica is None:
                 self.replica = serve.get_replica_context().servable_object
             body = self.replica.fast_next(scope["query_string"])

@@ -282,9 +282,11 @@ def test_fast_path_answers_good_next_requests_and_passes_on_the_rest(root, tmp_p
             http("/v1/next", b"history=1,2", method="POST"),
             http("/v1/recommend", b"items=i1-0"),
             http("/v1/nextx", b"history=1,2"),
+            http("/emptyx/v1/next", b"history=1,2", root_path="/empty"),  # not under the mount
+            http("/empty", b"history=1,2", root_path="/empty"),
         ]:
             assert await call(fast, scope) == []
-        assert len(passed_on) == 10
+        assert len(passed_on) == 12
         empty = NextFastPath(app_behind)
         empty.replica = cls.__new__(cls)
         await empty.replica.__init__({"root": str(tmp_path / "nothing"), "poll_interval_s": 60})
