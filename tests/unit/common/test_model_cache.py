@@ -62,6 +62,10 @@ def test_packaged_model_is_converted_once_and_reused(tmp_path, monkeypatch, no_d
     assert weights.stat().st_mtime_ns == written
     lm, tokenizer = load_model(first, dtype="float32"), load_tokenizer(first)
     assert lm.config.model_type == "llama" and lm.config.vocab_size == len(tokenizer) == 49152
+    # the same weights as the directory `make model` converted into the default cache
+    made = load_model(model.converted_dir(cfg.name_or_path, ModelConfig().cache_dir), "float32")
+    ours, theirs = lm.state_dict(), made.state_dict()
+    assert ours.keys() == theirs.keys() and all(ours[k].equal(theirs[k]) for k in ours)
 
     # A conversion cut short (no marker, which is written last) is not trusted: it runs again
     # (recorded only this time: the real conversion was checked above).
