@@ -230,14 +230,13 @@ class Replayer:
 def table_key(cfg: Config) -> str:
     """What a table depends on: the day, the infer/prompt/retrieval/model settings, the adapter.
     The work root's counts for days < d are the same in every replay of one source root."""
-    from jobs.infer import uses_rag
+    from jobs.infer import served_llm_weight
 
-    infer = without_later_defaults(cfg.infer, LATER_INFER_DEFAULTS)
-    if not uses_rag(cfg.infer.strategy):
-        infer.pop("llm_weight", None)  # only a RAG strategy's table mixes in the counts
+    # the weight the table is served at: 1 (dropped as a later default) without RAG
+    served = cfg.infer.model_copy(update={"llm_weight": served_llm_weight(cfg.infer)})
     parts = [
         str(cfg.as_of),
-        infer,
+        without_later_defaults(served, LATER_INFER_DEFAULTS),
         cfg.prompt.model_dump(mode="json"),
         cfg.retrieval.model_dump(mode="json"),
         cfg.model.model_dump(mode="json"),
