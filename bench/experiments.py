@@ -43,7 +43,7 @@ from common.blend import blend_rows
 from common.cli import config_from_args, setup_logging
 from common.config import Config
 from common.evaluation import hit_rates
-from common.lookup import Lookup
+from common.lookup import Lookup, rows_by_key
 from common.storage import join, report_dir, write_json
 from common.transitions import list_days, read_transitions
 from jobs.pipeline import with_overrides
@@ -91,7 +91,7 @@ def retrieval_table_rates(
     from common.catalog import load_catalog
     from common.retrieval import build_snapshot
     from jobs.evaluate import add_counts, hit_counts, rates
-    from jobs.infer import all_pairs, fill_table, ranked
+    from jobs.infer import all_pairs, fill_table
 
     catalog = load_catalog(cfg.inputs.clusters)
     W, k, ks = cfg.retrieval.window_days, cfg.infer.top_k, sorted(set(cfg.pipeline.ks))
@@ -121,10 +121,10 @@ def retrieval_table_rates(
             backoff = publish.build_backoff(snap["global"], window, catalog, k)
             pairs = all_pairs(catalog, snap["frequency"], cfg.infer.min_support)
             if variant == "global":
-                per_c2 = ranked(snap["global"], ("c2",))
+                per_c2 = rows_by_key(snap["global"], ["c2"])
                 answers = {(a, b): per_c2.get((b,), []) for a, b in pairs}
             else:
-                answers = ranked(snap[variant])
+                answers = rows_by_key(snap[variant])
             table = fill_table(pairs, answers, "frequency", backoff, catalog, k)
             lookup = Lookup.from_tables(f"{variant}@{build_day}", table, backoff, catalog)
             n_tables += 1

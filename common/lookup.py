@@ -12,6 +12,7 @@ Serve and the evaluation share this class, so a hit rate measures exactly what i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -24,7 +25,9 @@ GLOBAL = -1  # the c2 key of the global backoff list
 
 
 def rows_by_key(
-    table: pa.Table, keys: list[str], cols: tuple[str, ...] = ("c3", "score")
+    table: pa.Table,
+    keys: Sequence[str] = ("c1", "c2"),
+    cols: tuple[str, ...] = ("c3", "score"),
 ) -> dict[tuple, tuple[tuple, ...]]:
     """{key tuple: (row of `cols`, ...) in rank order} built with one sort, no per-row filtering.
     Shared by the lookup itself, jobs.infer (snapshots) and common.blend (tables)."""

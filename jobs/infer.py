@@ -71,11 +71,6 @@ def all_pairs(catalog: Catalog, freq: pa.Table, min_support: int) -> list[tuple[
     return sorted(p for p in pairs if p[0] in catalog and p[1] in catalog and p[0] != p[1])
 
 
-def ranked(snapshot: pa.Table, keys: tuple[str, ...] = ("c1", "c2")) -> Answers:
-    """{key: ((c3, score), ...) in rank order} of a retrieval snapshot table."""
-    return rows_by_key(snapshot, list(keys))
-
-
 def fill_table(
     pairs: list[tuple[int, int]],
     answers: Answers,
@@ -87,7 +82,7 @@ def fill_table(
     """schemas.TABLE rows: each pair's answers (invalid, repeated, c1/c2 dropped) then padding to
     k from the backoff of c2 and the global top (source "backoff", score capped by the row's last
     score so scores never rise down a row)."""
-    back = ranked(backoff, ("c2",))
+    back = rows_by_key(backoff, ["c2"])
     glob = back.get((GLOBAL,), [])
     cols: dict[str, list] = {n: [] for n in schemas.TABLE.names}
     for c1, c2 in pairs:
@@ -120,7 +115,7 @@ def answer_table(
     weight = served_llm_weight(cfg.infer)
     if source != "llm" or weight >= 1:
         return table
-    freq = fill_table(pairs, ranked(snap["frequency"]), "frequency", backoff, catalog, k)
+    freq = fill_table(pairs, rows_by_key(snap["frequency"]), "frequency", backoff, catalog, k)
     return blend_tables(table, freq, weight, k)
 
 
@@ -538,8 +533,8 @@ def run(cfg: Config) -> dict:
     llm: dict = {}
     if strategy == "frequency":
         answers, shadow, source = (
-            ranked(snap["frequency"]),
-            ranked(shadow_snap["frequency"]),
+            rows_by_key(snap["frequency"]),
+            rows_by_key(shadow_snap["frequency"]),
             "frequency",
         )
         valid = guards.check_valid_rate(g, 0, 0, "frequency strategy: no generated answers")
