@@ -164,9 +164,13 @@ class FinetuneConfig(Section):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(16, ge=1, description="Examples per step per worker.")
     num_workers: int = Field(1, ge=0, description="Ray Train workers (0 runs in the driver).")
-    use_gpu: bool = Field(False)
+    use_gpu: bool = Field(
+        False,
+        description="Train on GPUs (NCCL), gpus_per_worker each; a GPU torch cannot see stops "
+        "the job with a clear error.",
+    )
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(1.0, ge=0, description="GPUs each worker reserves (use_gpu).")
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast.")
     max_failures: int = Field(2, ge=0, description="Worker failures survived by resuming.")
     checkpoint_every_steps: int = Field(50, ge=1)
@@ -221,7 +225,11 @@ class InferConfig(Section):
     min_support: int = Field(0, ge=0, description="Only pairs seen this often in the window.")
     batch_size: int = Field(64, ge=1)
     pool_size: int = Field(1, ge=1, description="Inference actors.")
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs each actor reserves; it runs on the GPU Ray gives it (0: on CPUs).",
+    )
     cpus_per_actor: float = Field(1.0, gt=0)
     adapter: str | None = Field(None, description="Adapter dir; None: the latest under root.")
     threads: int | None = Field(

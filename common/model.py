@@ -190,11 +190,54 @@ def pick_dtype(setting: str = "auto", device: str = "cpu"):
 
 
 def pick_device(use_gpu: bool | None = None) -> str:
+    """The device to run on, "cuda" or "cpu". None: cuda where torch sees one. True: cuda, or
+    a ModelError when torch sees none (a CPU build of torch, or no visible GPU): a job asked
+    for a GPU by config would otherwise run tens of times slower without saying so. False: cpu,
+    even on a GPU node (a Ray actor given no GPU must not take one given to another)."""
     import torch
 
     if use_gpu is None:
-        use_gpu = torch.cuda.is_available()
-    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not use_gpu:
+        return "cpu"
+    if not torch.cuda.is_available():
+        cuda = torch.version.cuda
+        build = "a CPU build" if cuda is None else f"built for CUDA {cuda}"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ModelError(
+            f"a GPU was asked for, but torch {torch.__version__} ({build}) sees no CUDA device"
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+            + ": install a CUDA build of torch on the GPU nodes, or turn the GPU off "
+            "(finetune.use_gpu=false, infer.num_gpus=0)"
+        )
+    return "cuda"
+
+
+def matmul_ceiling(dtype, device: Any = "cpu", n: int = 1024, seconds: float = 1.0) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on this process's threads or GPU: the ceiling
+    model FLOPs utilisation is reported against, measured in the same run as the work compared
+    with it. On a GPU the matrix is at least 8192 wide (a small one times the kernel launch)."""
+    import time
+
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    n = max(n, 8192) if cuda else n
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up: kernel choice, packing
+    if cuda:
+        torch.cuda.synchronize()
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        t = time.perf_counter()
+        a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        d = time.perf_counter() - t
+        spent += d
+        best = max(best, 2.0 * n**3 / d)
+    return best
 
 
 def as_model_dir(model: Any) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from common.config import Config
+
+log = logging.getLogger(__name__)
 
 RUNTIME_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 # Serve's ingress, read by Ray's processes when they start (so set before ray.init / ray start):
@@ -67,3 +70,20 @@ def init_ray(cfg: Config):
     ray.init(**kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = True
     return ray
+
+
+def warn_if_gpus_missing(gpus: float, asked_by: str, turn_off: str) -> None:
+    """A GPU request no node of the cluster can meet now waits for the autoscaler to add a GPU
+    node, and on a machine without one, for ever: say so up front instead of waiting silently."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if gpus > 0 and have < gpus:
+        log.warning(
+            "%s asks for %g GPU(s) per worker and this Ray cluster has %g now: the job waits "
+            "until the autoscaler adds a GPU node (on a machine without GPUs, for ever: set %s)",
+            asked_by,
+            gpus,
+            have,
+            turn_off,
+        )

@@ -402,26 +402,6 @@ class FlopCounter:
         )
 
 
-def matmul_ceiling(dtype, device: str = "cpu", n: int = 1024, seconds: float = 1.0) -> float:
-    """Best FLOP/s of a square matmul in `dtype` on this process's threads: the ceiling MFU is
-    reported against (measured in the same run as the training it is compared with)."""
-    import torch
-
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b
-    best, spent = 0.0, 0.0
-    while spent < seconds:
-        t = time.perf_counter()
-        a @ b
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-        d = time.perf_counter() - t
-        spent += d
-        best = max(best, 2.0 * n**3 / d)
-    return best
-
-
 # =============================================================================== sessions
 class LocalSession:
     """Ray-free stand-in: rank 0 of 1, checkpoints as `step-NNNNNNNN` folders in a local dir."""
@@ -429,11 +409,11 @@ class LocalSession:
     rank, world = 0, 1
 
     def __init__(self, checkpoint_dir: str, use_gpu: bool = False):
-        import torch
+        from common.model import pick_device
 
+        self.device = pick_device(use_gpu)  # use_gpu without a CUDA device: a ModelError
         self.dir = checkpoint_dir
         os.makedirs(self.dir, exist_ok=True)
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.last_metrics: dict = {}
 
     def latest(self) -> str | None:
@@ -570,7 +550,7 @@ def train_loop_per_worker(config: dict) -> dict:
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from common.model import as_model_dir, load_model, load_tokenizer
+    from common.model import as_model_dir, load_model, load_tokenizer, matmul_ceiling
 
     session = (
         RaySession()
@@ -705,6 +685,7 @@ def train_loop_per_worker(config: dict) -> dict:
         "loss": last.get("loss"),
         "threads": threads,
         "bf16_autocast": amp is not None,
+        "device": str(device),
         "world": world,
     }
     if rank == 0:

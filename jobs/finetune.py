@@ -26,7 +26,7 @@ import time
 from common import storage, training
 from common.catalog import load_catalog
 from common.cli import InputError, job_parser, run_main
-from common.config import Config
+from common.config import Config, FinetuneConfig
 from common.model import load_tokenizer, publish_adapter, resolve_model
 from common.transitions import list_days, read_transitions
 
@@ -92,27 +92,38 @@ def run_name(cfg: Config, day: dt.date, data: dict) -> str:
     return f"finetune-{day:%Y%m%d}-{h.hexdigest()[:10]}"
 
 
+def scaling_config(ft: FinetuneConfig):
+    """Ray Train's workers from config: `num_workers` DDP ranks (gloo on CPU; NCCL when
+    `use_gpu`, each rank on the GPU Ray gives it), each reserving `cpus_per_worker` CPUs and,
+    with `use_gpu`, `gpus_per_worker` GPUs: what the autoscaler starts GPU nodes for."""
+    import ray.train
+
+    resources = {"CPU": ft.cpus_per_worker}
+    if ft.use_gpu:
+        resources["GPU"] = ft.gpus_per_worker
+    return ray.train.ScalingConfig(
+        num_workers=ft.num_workers, use_gpu=ft.use_gpu, resources_per_worker=resources
+    )
+
+
 def fit_ray(cfg: Config, config: dict, name: str, scratch: str) -> tuple[dict, str]:
     """Run the loop under a TorchTrainer; (final metrics, local copy of the final adapter)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from common.rayinit import init_ray
+    from common.rayinit import init_ray, warn_if_gpus_missing
 
     init_ray(cfg)
     ft = cfg.finetune
-    resources = {"CPU": ft.cpus_per_worker}
     if ft.use_gpu:
-        resources["GPU"] = ft.gpus_per_worker
+        warn_if_gpus_missing(ft.gpus_per_worker, "finetune.use_gpu", "finetune.use_gpu=false")
     fs, path = storage.arrow_fs_for(storage.checkpoints_dir(cfg.root))
     if not storage.is_s3(cfg.root):
         os.makedirs(path, exist_ok=True)
     trainer = TorchTrainer(
         training.train_loop_per_worker,
         train_loop_config={**config, "use_ray": True},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=ft.num_workers, use_gpu=ft.use_gpu, resources_per_worker=resources
-        ),
+        scaling_config=scaling_config(ft),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=path,

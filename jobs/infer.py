@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ from common.cli import InputError, job_parser, run_main
 from common.config import Config, InferConfig
 from common.evaluation import hit_rates
 from common.lookup import GLOBAL, Lookup, padded_rows, rows_by_key
+from common.model import ModelError
 from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
 from common.tables_io import read_table
 from common.transitions import list_days, read_transitions, top_pairs
@@ -199,8 +201,10 @@ class PairScorer:
     """Ray Data callable: loads the model (+ adapter) and the prefix cache once per actor, then
     maps batches of prompt rows to ranked cluster positions (task "rank") or free text ("free").
 
-    `loader(model_cfg, adapter) -> (model, tokenizer)` is an argument so tests and a GPU box
-    without Ray can call this class directly."""
+    `loader(model_cfg, adapter, device) -> (model, tokenizer)` is an argument so tests and a GPU
+    box without Ray can call this class directly. `use_gpu`: the job passes `infer.num_gpus > 0`,
+    so an actor runs on the GPU Ray gave it and never on one it was not given; None (outside
+    Ray) takes a GPU where torch sees one."""
 
     def __init__(
         self,
@@ -215,19 +219,23 @@ class PairScorer:
         loader=None,
         measure_ceiling: bool = True,
         env: dict[str, str] | None = None,
+        use_gpu: bool | None = None,
     ):
         import torch
 
+        from common.model import matmul_ceiling, pick_device
         from common.scoring import PrefixScorer
 
         for key, value in (env or {}).items():  # the driver's S3 settings; the worker's own win
             os.environ.setdefault(key, value)
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
-        model, tokenizer = (loader or load_model_and_tokenizer)(model_cfg, adapter)
+        device = pick_device(use_gpu)
+        model, tokenizer = (loader or load_model_and_tokenizer)(model_cfg, adapter, device)
         self.scorer = PrefixScorer(model, tokenizer, names, prefix)
+        self.device = str(self.scorer.device)
         self.mode, self.k, self.max_new_tokens = mode, k, max_new_tokens
         dtype = next(model.parameters()).dtype
-        self.ceiling = matmul_ceiling(dtype, self.scorer.device) if measure_ceiling else 0.0
+        self.ceiling = matmul_ceiling(dtype, self.scorer.device, n=2048) if measure_ceiling else 0.0
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
@@ -260,42 +268,23 @@ class PairScorer:
             "busy_s": np.full(n, busy / n),
             "flops": np.full(n, (self.scorer.flops - f0) / n),
             "ceiling": np.full(n, self.ceiling),
+            "device": np.array([self.device] * n, dtype=object),
         }
 
 
-def load_model_and_tokenizer(model_cfg: dict, adapter: str | None):
-    """The default loader: common.model (packaged or HF dir), on the GPU when there is one, in
-    the dtype `model.dtype` picks (bf16 only where matmuls have hardware bf16), adapter merged
-    into the weights (one matmul per projection instead of three)."""
+def load_model_and_tokenizer(model_cfg: dict, adapter: str | None, device: str = "cpu"):
+    """The default loader: common.model (packaged or HF dir) on `device`, in the dtype
+    `model.dtype` picks (bf16 only where matmuls have hardware bf16), adapter merged into the
+    weights (one matmul per projection instead of three)."""
     from common.config import ModelConfig
-    from common.model import load_model, load_tokenizer, pick_device, resolve_model
+    from common.model import load_model, load_tokenizer, resolve_model
 
     mcfg = ModelConfig.model_validate(model_cfg)
     model_dir = resolve_model(mcfg)
-    model = load_model(model_dir, mcfg.dtype, adapter=adapter, device=pick_device())
+    model = load_model(model_dir, mcfg.dtype, adapter=adapter, device=device)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model, load_tokenizer(model_dir)
-
-
-def matmul_ceiling(dtype, device, n: int = 2048, seconds: float = 1.0) -> float:
-    """Measured FLOP/s of a square matmul in the model's dtype, on the threads the model uses:
-    the ceiling that model FLOPs utilisation is reported against (best of a few repeats)."""
-    import torch
-
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    best, spent = 0.0, 0.0
-    a @ b  # warm-up: kernel choice, packing
-    while spent < seconds:
-        t = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt_ = time.perf_counter() - t
-        spent += dt_
-        best = max(best, 2.0 * n**3 / dt_)
-    return best
 
 
 # ---------------------------------------------------------------- prompts and the Ray pass
@@ -324,14 +313,15 @@ def run_llm(
     """Score the prompt rows in one Ray Data pass; rows come back in their `order`."""
     import ray
 
-    from common.rayinit import init_ray
+    from common.rayinit import init_ray, warn_if_gpus_missing
 
     init_ray(cfg)
     inf = cfg.infer
+    warn_if_gpus_missing(inf.num_gpus, "infer.num_gpus", "infer.num_gpus=0")
     threads = inf.threads or max(1, (os.cpu_count() or 1) // inf.pool_size)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // inf.batch_size, 16)))
     t0 = time.perf_counter()
-    out = ds.map_batches(
+    scored = ds.map_batches(
         PairScorer,
         fn_constructor_kwargs={
             "model_cfg": cfg.model.model_dump(),
@@ -343,13 +333,21 @@ def run_llm(
             "threads": threads,
             "max_new_tokens": inf.max_new_tokens,
             "env": storage_env(),
+            "use_gpu": inf.num_gpus > 0,
         },
         batch_size=inf.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=inf.pool_size),
         num_gpus=inf.num_gpus,
         num_cpus=inf.cpus_per_actor,
-    ).take_all()
+    )
+    try:
+        out = scored.take_all()
+    except ray.exceptions.RayActorError as e:
+        error = actor_model_error(e)
+        if error is None:
+            raise
+        raise error from e
     wall = time.perf_counter() - t0
     # The actors return only what they computed: join it back to each input row by `order`.
     by_order = {r["order"]: r for r in rows}
@@ -370,8 +368,17 @@ def run_llm(
         # against the matmul ceiling one actor measured on its own threads.
         "mfu": (flops / busy) / ceiling if busy and ceiling else 0.0,
         "threads_per_actor": threads,
+        "device": ",".join(sorted({str(r["device"]) for r in out})),
     }
     return out, perf
+
+
+def actor_model_error(e: Exception) -> ModelError | None:
+    """Ray reports an actor whose __init__ raised as a RayActorError carrying the traceback as
+    text: a ModelError there (no GPU for `infer.num_gpus`, an unloadable model) comes back as a
+    ModelError, so the job prints its one clear line instead of a Ray traceback."""
+    lines = re.findall(r"common\.model\.ModelError: (.+)", str(e))
+    return ModelError(lines[-1]) if lines else None
 
 
 def storage_env() -> dict[str, str]:

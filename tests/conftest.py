@@ -23,12 +23,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole test session (2 cores, a small object store)."""
+    """One local Ray for the whole test session (2 cores, a small object store, and one
+    logical GPU with no device behind it, so the jobs' GPU requests are scheduled for real)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
+            num_gpus=1,
             object_store_memory=300 * 1024 * 1024,
             include_dashboard=False,
             log_to_driver=False,

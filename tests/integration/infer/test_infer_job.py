@@ -7,6 +7,7 @@ from collections import Counter
 
 import pyarrow as pa
 import pytest
+import torch
 from infer_inputs import AS_OF, IDS, make_cfg, write_inputs
 
 from common import storage
@@ -121,6 +122,7 @@ def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, t
     assert m["rag_snapshot_day"] == str(AS_OF)
     assert first["pairs_per_s"] > 0 and 0 < first["mfu"] <= 1.5
     assert first["perf"]["rows"] >= 56 and first["perf"]["ceiling_gflops_per_s"] > 0
+    assert first["perf"]["device"] == "cpu"
 
     # infer.llm_weight = 0: the counts alone rank the answers, so the table is the frequency one.
     counts_only = infer.run(
@@ -137,6 +139,32 @@ def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, t
         published_table(infer_root, freq["version"])
     )
     assert manifest(infer_root, counts_only["version"])["llm_weight"] == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: it would run")
+def test_num_gpus_is_each_actors_gpu_request(ray_session, infer_root, tiny_model_dir, caplog):
+    """infer.num_gpus is what Ray reserves for each scoring actor. The test session's Ray has
+    one logical GPU and no device: an actor given it sees CUDA_VISIBLE_DEVICES=0 and, with this
+    CPU build of torch, the job stops with one clear line (no silent CPU run) and CURRENT stays.
+    Asking for more GPUs than the cluster has is said up front (it would wait for a GPU node)."""
+    from common.model import ModelError
+    from common.rayinit import warn_if_gpus_missing
+
+    base = ["infer.strategy=rag", f"model.name_or_path={tiny_model_dir}", "guards.enforce=false"]
+    first = infer.run(make_cfg(infer_root, *base))
+    assert first["published"] and first["perf"]["device"] == "cpu"
+    current = storage.current_pointer(infer_root)
+    before = storage.read_text(current)
+    with pytest.raises(ModelError, match=r"^a GPU was asked for, .*CUDA_VISIBLE_DEVICES=0\)"):
+        infer.run(make_cfg(infer_root, *base, "infer.num_gpus=1"))
+    assert storage.read_text(current) == before
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="common.rayinit"):
+        warn_if_gpus_missing(1, "infer.num_gpus", "infer.num_gpus=0")
+        assert not caplog.records
+        warn_if_gpus_missing(2, "infer.num_gpus", "infer.num_gpus=0")
+    assert "asks for 2 GPU(s) per worker and this Ray cluster has 1 now" in caplog.text
 
 
 def broken_adapter(model_dir: str, path: str) -> str:

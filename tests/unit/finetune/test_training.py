@@ -7,6 +7,7 @@ import datetime as dt
 
 import pyarrow as pa
 import pytest
+import torch
 
 from common import training
 from common.catalog import Catalog
@@ -189,7 +190,7 @@ def test_lora_learns_toy_mapping_and_adapter_reloads(trainable_tiny, tmp_path):
     assert out["base"]["acc@1"] < 0.4
     assert out["heldout"]["acc@1"] >= 0.6 > 3 * chance
     assert out["heldout"]["acc@1"] > out["base"]["acc@1"] + 0.3
-    assert out["tokens_per_s"] > 0 and out["mfu"] > 0
+    assert out["tokens_per_s"] > 0 and out["mfu"] > 0 and out["device"] == "cpu"
     # The loop's llm_weight reaches the held-out blend line (0: the frequency table's rows).
     assert out["heldout"]["blend"]["acc@1"] == out["frequency"]["acc@1"]
     # The saved PEFT adapter reproduces the score after a reload.
@@ -220,3 +221,39 @@ def test_heldout_blend_spans_the_counts_and_the_model(trainable_tiny):
     near_one = score(model, tok, ev, data["prefix"], 64, None, llm_weight=0.999)["blend"]
     assert near_one["acc@1"] == pytest.approx(alone["acc@1"], abs=0.05)
     assert near_one["n_events"] == alone["n_events"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: it would train")
+def test_use_gpu_without_cuda_stops_before_anything_is_written(tiny_model_dir, tmp_path):
+    """The loop run on its own (a GPU box without Ray) with use_gpu=True and no CUDA device stops
+    with one clear line instead of training on the CPU, and leaves no checkpoint folder."""
+    from common.model import ModelError
+
+    _, data = ten_toy_days(tiny_model_dir)
+    config = loop_config(tiny_model_dir, data, tmp_path / "ckpt", use_gpu=True)
+    with pytest.raises(ModelError, match=r"a GPU was asked for, but torch .* sees no CUDA device"):
+        training.train_loop_per_worker(config)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_finetune_gpu_settings_become_ray_train_resources():
+    """finetune.use_gpu / gpus_per_worker / cpus_per_worker / num_workers are what Ray Train
+    reserves per rank (and what the autoscaler starts GPU nodes for); no GPU unless asked."""
+    from common.config import load_config
+    from jobs.finetune import scaling_config
+
+    gpu = scaling_config(
+        load_config(
+            None,
+            [
+                "finetune.use_gpu=true",
+                "finetune.num_workers=4",
+                "finetune.gpus_per_worker=1",
+                "finetune.cpus_per_worker=8",
+            ],
+        ).finetune
+    )
+    assert (gpu.num_workers, gpu.use_gpu) == (4, True)
+    assert gpu.resources_per_worker == {"CPU": 8.0, "GPU": 1.0}
+    cpu = scaling_config(load_config(None, ["finetune.gpus_per_worker=1"]).finetune)
+    assert (cpu.num_workers, cpu.use_gpu, cpu.resources_per_worker) == (1, False, {"CPU": 1.0})
