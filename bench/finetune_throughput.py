@@ -4,6 +4,7 @@ one worker) on examples of realistic length: the real ones built from a root's c
 `--root` is given, else prompts rendered for random pairs of the simulator's taxonomy.
 
     flock /tmp/bench.lock python bench/finetune_throughput.py --steps 12 --batch-size 16
+    python bench/finetune_throughput.py --device cuda --batch-size 16 64 --bf16 on   # a GPU box
 
 Prints one JSON line per setting: tokens/s, model GFLOP/s, the fp32 and bf16 matmul ceilings,
 MFU against the ceiling of the dtype the matmuls ran in, and against the bf16 ceiling.
@@ -71,22 +72,35 @@ def main() -> None:
     p.add_argument("--bf16", nargs="+", default=["auto"], help="auto/on/off settings to run.")
     p.add_argument("--lora-dropout", type=float, nargs="+", default=[0.0])
     p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="Where the loop trains (auto: the GPU where torch sees one). Needs no Ray.",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     import torch
 
     from common.config import ModelConfig
-    from common.model import cpu_has_bf16, load_tokenizer, resolve_model
-    from common.training import matmul_ceiling, train_loop_per_worker
+    from common.model import (
+        cpu_has_bf16,
+        load_tokenizer,
+        matmul_ceiling,
+        pick_device,
+        resolve_model,
+    )
+    from common.training import train_loop_per_worker
 
     torch.set_num_threads(args.threads)
+    device = pick_device(None if args.device == "auto" else args.device == "cuda")
     mcfg = ModelConfig(name_or_path=args.model, dtype="float32")
     model_dir = resolve_model(mcfg)
     tok = load_tokenizer(model_dir)
     ceil = {
-        "float32": matmul_ceiling(torch.float32, "cpu", n=1024, seconds=2.0),
-        "bfloat16": matmul_ceiling(torch.bfloat16, "cpu", n=512, seconds=2.0),
+        "float32": matmul_ceiling(torch.float32, device, n=1024, seconds=2.0),
+        "bfloat16": matmul_ceiling(torch.bfloat16, device, n=512, seconds=2.0),
     }
     for bs in args.batch_size:
         n = bs * (args.steps + 1)
@@ -128,6 +142,7 @@ def main() -> None:
                         "seed": 0,
                         "threads": args.threads,
                         "bf16": bf16,
+                        "use_gpu": device == "cuda",
                         "eval_base": False,
                         "skip_first_steps": 1,
                     }
@@ -139,6 +154,7 @@ def main() -> None:
                     json.dumps(
                         {
                             "batch_size": bs,
+                            "device": out["device"],
                             "bf16": bf16,
                             "bf16_autocast": out["bf16_autocast"],
                             "cpu_has_bf16": cpu_has_bf16(),

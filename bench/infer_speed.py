@@ -1,7 +1,7 @@
 """Benchmark: bulk pair scoring (jobs.infer) against a plain per-prompt `generate` loop.
 
     flock /tmp/bench.lock python -m bench.infer_speed [--clusters 32] [--baseline-prompts 8]
-        [--beam-pairs 64] [--job] [--set model.name_or_path=...]
+        [--beam-pairs 64] [--job] [--device auto|cpu|cuda] [--set model.name_or_path=...]
 
 On the same RAG prompts of every ordered pair of `--clusters` taxonomy clusters (rendered by
 common/prompts.py with the model's chat template), measured in one run:
@@ -129,7 +129,7 @@ def write_synthetic_inputs(root: str, catalog: Catalog, days: int = 16, seed: in
 
 def generate_one(model, tok, prompt: str, new_tokens: int) -> str:
     """The plain loop's step: one prompt, fp32, greedy `generate`, no batching, no cache reuse."""
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     out = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False)
     return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--job", action="store_true", help="Also time the job end to end.")
     parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="Where both sides run (auto: the GPU where torch sees one). Needs no Ray.",
+    )
+    parser.add_argument(
         "--no-descriptions",
         action="store_true",
         help="Prompts with cluster names only (no descriptions): the shortest prompts, both sides.",
@@ -192,11 +198,18 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from common.model import load_model, load_tokenizer, pick_dtype, resolve_model
+    from common.model import (
+        load_model,
+        load_tokenizer,
+        matmul_ceiling,
+        pick_device,
+        pick_dtype,
+        resolve_model,
+    )
     from common.scoring import PrefixScorer
-    from jobs.infer import matmul_ceiling
 
     cfg = load_config(None, args.overrides)
+    device = pick_device(None if args.device == "auto" else args.device == "cuda")
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     model_dir = resolve_model(cfg.model)
@@ -211,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         "descriptions": not args.no_descriptions,
         "pairs": len(pairs),
         "threads": threads,
+        "device": device,
         "cpu_bf16": pick_dtype("auto") == torch.bfloat16,
         "prompt_tokens_mean": float(np.mean(n_tokens)),
         "prefix_tokens": len(tok(prefix, add_special_tokens=False)["input_ids"]),
@@ -219,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     # 1 + 2, interleaved round by round (a prompt of the plain loop, a batch of ours, a short
     # ceiling probe), so CPU contention from other work hits both alike and the ratio holds.
     longest = max(len(tok(n, add_special_tokens=False)["input_ids"]) for n in catalog.names)
-    base_model = load_model(model_dir, torch.float32)
-    dtype = pick_dtype(cfg.model.dtype)
-    model = base_model if dtype == torch.float32 else load_model(model_dir, dtype)
+    base_model = load_model(model_dir, torch.float32, device=device)
+    dtype = pick_dtype(cfg.model.dtype, device)
+    model = base_model if dtype == torch.float32 else load_model(model_dir, dtype, device=device)
     scorer = PrefixScorer(model, tok, list(catalog.names), prefix)
     B = args.batch_size
     scorer.top_k(suffixes[:B], exclude[:B], 10)  # warm-up
@@ -235,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = []
     batches = list(range(0, len(suffixes), B))
     for r, i in enumerate(batches):
-        probes.append(matmul_ceiling(dtype, scorer.device, seconds=0.3))
+        probes.append(matmul_ceiling(dtype, scorer.device, n=2048, seconds=0.3))
         if r < args.baseline_prompts:
             t0 = time.perf_counter()
             examples.append(
