@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,7 +28,7 @@ from common import storage, training
 from common.catalog import load_catalog
 from common.cli import InputError, job_parser, run_main
 from common.config import Config, FinetuneConfig
-from common.model import load_tokenizer, publish_adapter, resolve_model
+from common.model import ModelError, load_tokenizer, publish_adapter, resolve_model
 from common.transitions import list_days, read_transitions
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,13 @@ def run_name(cfg: Config, day: dt.date, data: dict) -> str:
     return f"finetune-{day:%Y%m%d}-{h.hexdigest()[:10]}"
 
 
+# What torch says on a worker given a GPU it cannot use (a CPU build, no visible device).
+NO_CUDA = re.compile(
+    r"Distributed package doesn't have NCCL built in|Torch not compiled with CUDA enabled"
+    r"|No CUDA GPUs are available|Found no NVIDIA driver"
+)
+
+
 def scaling_config(ft: FinetuneConfig):
     """Ray Train's workers from config: `num_workers` DDP ranks (gloo on CPU; NCCL when
     `use_gpu`, each rank on the GPU Ray gives it), each reserving `cpus_per_worker` CPUs and,
@@ -132,7 +140,17 @@ def fit_ray(cfg: Config, config: dict, name: str, scratch: str) -> tuple[dict, s
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        missing = NO_CUDA.search(str(e)) if ft.use_gpu else None
+        if missing is None:
+            raise
+        raise ModelError(
+            f"finetune.use_gpu=true, but torch on the Ray Train workers has no CUDA "
+            f"({missing.group(0)}): install a CUDA build of torch on the GPU nodes, or set "
+            "finetune.use_gpu=false"
+        ) from e
     if result.checkpoint is None:
         raise RuntimeError(f"fine-tune {name} finished without a checkpoint")
     local = os.path.join(scratch, "final")

@@ -10,6 +10,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from common import schemas, storage
 from common.config import load_config
@@ -148,5 +149,23 @@ def test_two_ray_workers_resume_after_a_worker_failure(
     assert os.path.exists(marker)  # the failure happened
     metrics = summary["metrics"]
     assert metrics["world"] == 2 and metrics["total_steps"] == 4  # 64 examples / (8 x 2)
+    assert metrics["device"] == "cpu"
     assert summary["start_step"] == 2  # resumed from the checkpoint, not from 0
     check_adapter(summary, tiny_model_dir)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: it would train")
+def test_use_gpu_is_ray_trains_gpu_request(root, tiny_model_dir, ray_session):
+    """finetune.use_gpu=true reaches Ray Train: its worker is placed on the test session's
+    logical GPU and sets up NCCL, which this CPU build of torch lacks; the job stops with one line
+    that says so (not Ray's traceback) and publishes no adapter."""
+    from common.model import ModelError
+    from jobs import finetune
+
+    write_root(root)
+    cfg = load_config(None, overrides(root, tiny_model_dir, 1) + ["finetune.use_gpu=true"])
+    with pytest.raises(ModelError, match=r"^finetune.use_gpu=true, but torch on the Ray Train "):
+        finetune.run(cfg)
+    assert not storage.exists(storage.join(storage.adapters_dir(root), "LATEST"))
