@@ -87,3 +87,30 @@ def warn_if_gpus_missing(gpus: float, asked_by: str, turn_off: str) -> None:
             have,
             turn_off,
         )
+
+
+def placement_group_ids() -> set[str]:
+    """The placement groups Ray knows of now (hex ids), to tell which ones a run adds."""
+    from ray.util import placement_group_table
+
+    return set(placement_group_table())
+
+
+def release_placement_groups(before: set[str]) -> int:
+    """Remove the live placement groups this driver's job created since `before`; their actors
+    stop with them. Ray Train 2.60 leaves a run that failed holding its workers' placement group
+    for as long as the driver lives (its cleaner needs the dashboard's State API), so a retry in
+    the same process, a notebook or the test session, would wait for ever for those CPUs and
+    GPUs. Returns how many were removed."""
+    import ray
+    from ray.util import placement_group_table, remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    job = ray.get_runtime_context().get_job_id()  # a placement group id ends with its job's id
+    removed = 0
+    for pg_id, info in placement_group_table().items():
+        if pg_id in before or not pg_id.endswith(job) or info["state"] == "REMOVED":
+            continue
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        removed += 1
+    return removed

@@ -119,7 +119,12 @@ def fit_ray(cfg: Config, config: dict, name: str, scratch: str) -> tuple[dict, s
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from common.rayinit import init_ray, warn_if_gpus_missing
+    from common.rayinit import (
+        init_ray,
+        placement_group_ids,
+        release_placement_groups,
+        warn_if_gpus_missing,
+    )
 
     init_ray(cfg)
     ft = cfg.finetune
@@ -140,9 +145,12 @@ def fit_ray(cfg: Config, config: dict, name: str, scratch: str) -> tuple[dict, s
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
+    before = placement_group_ids()
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
+        if n := release_placement_groups(before):
+            log.info("released %d placement group(s) the failed run still held", n)
         missing = NO_CUDA.search(str(e)) if ft.use_gpu else None
         if missing is None:
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -160,7 +161,7 @@ def test_two_ray_workers_resume_after_a_worker_failure(
 def test_use_gpu_is_ray_trains_gpu_request(root, tiny_model_dir, ray_session):
     """finetune.use_gpu=true reaches Ray Train: its worker is placed on the test session's
     logical GPU and sets up NCCL, which this CPU build of torch lacks; the job stops with one line
-    that says so (not Ray's traceback) and publishes no adapter."""
+    that says so (not Ray's traceback), publishes no adapter and releases what the run held."""
     from common.model import ModelError
     from jobs import finetune
 
@@ -169,3 +170,8 @@ def test_use_gpu_is_ray_trains_gpu_request(root, tiny_model_dir, ray_session):
     with pytest.raises(ModelError, match=r"^finetune.use_gpu=true, but torch on the Ray Train "):
         finetune.run(cfg)
     assert not storage.exists(storage.join(storage.adapters_dir(root), "LATEST"))
+    # The failed run gave its worker's CPU and GPU back (Ray Train would keep them reserved).
+    deadline = time.time() + 30
+    while ray_session.available_resources().get("GPU", 0) < 1 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_session.available_resources().get("GPU", 0) == 1  # its bundle: 1 CPU + 1 GPU
