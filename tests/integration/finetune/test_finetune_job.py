@@ -93,6 +93,9 @@ def check_adapter(summary: dict, model_dir: str) -> None:
     )
     model = load_model(model_dir, dtype="float32", adapter=summary["adapter"])
     assert type(model).__name__ == "PeftModelForCausalLM"
+    # PEFT starts every lora_B at zero: a run that trained moved them.
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().max()) > 0 for p in lora_b)
 
 
 @pytest.mark.timeout(300)

@@ -141,6 +141,42 @@ def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, t
     assert manifest(infer_root, counts_only["version"])["llm_weight"] == 0
 
 
+def test_base_table_rows_are_the_models_own_ranking(ray_session, infer_root, tiny_model_dir):
+    """Each published row is the model's own top 5 for its pair, in rank order with its
+    probability, as the scorer gives it for that one prompt outside Ray: the Ray Data pass
+    keeps every answer with its pair (rows come back out of order)."""
+    from common.catalog import load_catalog
+    from common.model import load_model, load_tokenizer
+    from common.scoring import PrefixScorer
+
+    cfg = make_cfg(
+        infer_root,
+        "infer.strategy=base",
+        f"model.name_or_path={tiny_model_dir}",
+        "model.dtype=float32",
+        "guards.enforce=false",
+    )
+    table = published_table(infer_root, infer.run(cfg)["version"])
+    t = table.sort_by([("c1", "ascending"), ("c2", "ascending"), ("rank", "ascending")])
+    got: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    for a, b, c, p in zip(*(t[n].to_pylist() for n in ("c1", "c2", "c3", "score")), strict=True):
+        got.setdefault((a, b), []).append((c, p))
+
+    catalog = load_catalog(cfg.inputs.clusters)
+    tok = load_tokenizer(tiny_model_dir)
+    pairs = [(a, b) for a in IDS for b in IDS if a != b]
+    texts = infer.prompt_texts(cfg, tok, catalog, pairs, None)
+    prefix = infer.common_prefix(texts)
+    scorer = PrefixScorer(load_model(tiny_model_dir, "float32"), tok, list(catalog.names), prefix)
+    for i in (0, 17, 38, 55):  # pairs from the first, middle and last batches of 32
+        (a, b), text = pairs[i], texts[i]
+        idx, logp = scorer.top_k(
+            [text[len(prefix) :]], [[catalog.position(a), catalog.position(b)]], 5
+        )
+        assert [c for c, _ in got[(a, b)]] == [catalog.ids[j] for j in idx[0].tolist()], (a, b)
+        assert [p for _, p in got[(a, b)]] == pytest.approx(logp[0].exp().tolist(), rel=1e-4)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: it would run")
 def test_num_gpus_is_each_actors_gpu_request(ray_session, infer_root, tiny_model_dir, caplog):
     """infer.num_gpus is what Ray reserves for each scoring actor. The test session's Ray has

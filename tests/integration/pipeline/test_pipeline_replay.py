@@ -10,6 +10,7 @@ import pytest
 
 from common import schemas
 from common.config import load_config
+from common.evaluation import hit_rates
 from common.lookup import Lookup
 from common.storage import join, read_json
 from common.tables_io import write_parquet
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.ray
 START = dt.date(2026, 1, 1)  # simulate.start_date in conftest.tiny_overrides
 
 D = START + dt.timedelta(days=20)
+DAY = dt.timedelta(days=1)
 
 
 def served_on(root: str, report: str, strategy: str, day: dt.date) -> Lookup:
@@ -99,6 +101,16 @@ def test_replay_strategies_share_adapters_and_write_the_report(sim_copy):
             assert 0.0 <= row[key] <= 1.0, (s, key)
         assert row["hit_rate@1"] <= row["hit_rate@5"] <= row["hit_rate@10"]
         assert row["compute_seconds"] > 0
+    # The hit rates again from what was served: each day's table scored on that day's events.
+    for s in strategies:
+        hits = dict.fromkeys((1, 5, 10), 0.0)
+        for i in range(3):
+            day = start + dt.timedelta(days=i)
+            r = hit_rates(served_on(root, "cmp", s, day), read_transitions(root, day, day + DAY))
+            for k in hits:
+                hits[k] += r[f"hit_rate@{k}"] * r["n_events"]
+        for k, h in hits.items():
+            assert m[s][f"hit_rate@{k}"] == pytest.approx(h / n_events), (s, k)
     days = [(start + dt.timedelta(days=i)).isoformat() for i in range(3)]
     assert m["ft_once"]["finetune_days"] == days[:1]
     assert m["hybrid"]["finetune_days"] == [days[0], days[2]]

@@ -62,6 +62,19 @@ def test_diversify_caps_pairs_and_targets_deterministically():
     again = training.diversify(t, max_per_pair=10, max_per_target=8, max_examples=100, seed=0)
     assert out.equals(again)
     assert training.diversify(t, 10, 8, 5, 0).num_rows == 5
+    # Three pairs of 6 events, all to c3 = 5: the per-pair cap of 10 keeps all 18, the per-target
+    # cap of 8 keeps exactly 8.
+    t2 = pa.table(
+        {
+            "day": pa.array([START] * 3, pa.date32()),
+            "c1": pa.array([1, 2, 3], pa.int32()),
+            "c2": pa.array([2, 3, 4], pa.int32()),
+            "c3": pa.array([5, 5, 5], pa.int32()),
+            "count": pa.array([6, 6, 6], pa.int64()),
+        }
+    )
+    assert training.diversify(t2, 10, 8, 100, 0)["c3"].to_pylist() == [5] * 8
+    assert training.diversify(t2, 10, 20, 100, 0).num_rows == 18
 
 
 def test_diversify_half_life_draws_recent_days_more():
@@ -116,9 +129,13 @@ def test_examples_are_the_inference_prompt_plus_answer(tiny_model_dir):
     text = tok.decode(prompt_ids + answer)
     assert text.startswith(data["prefix"]) and text.endswith(prompts.CHATML_END)
     # RAG names the window's top successor (here the rule's answer itself) once the RAG window
-    # [e - 2, e) of the example's day e has counts: days 2 and 3 of the 4 training days.
-    with_rag = [tok.decode(p) for p, _ in data["train"] if "Recent next:" in tok.decode(p)]
+    # [e - 2, e) of the example's day e has counts: days 1 to 3 of the 4 training days (0-3).
+    with_rag = [(tok.decode(p), tok.decode(a)) for p, a in data["train"]]
+    with_rag = [(p, a) for p, a in with_rag if "Recent next:" in p]
     assert 0 < len(with_rag) < 48
+    for p, a in with_rag:
+        name = a.removesuffix(prompts.CHATML_END)  # the answer's cluster name
+        assert f"\nRecent next: {name}{prompts.CHATML_END}" in p, (p, a)
     # Held-out prompts use the snapshot as of the held-out start; suffix + prefix is the prompt.
     ev = data["eval"]
     c1, c2 = ev["pairs"][0]
