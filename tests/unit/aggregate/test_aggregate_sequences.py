@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +17,8 @@ from aggregate_reference import reference_counts, table_counts
 
 from common.inputs import clean_events, parse_ts, read_file
 from jobs.aggregate import sequence_transitions, state_events, sum_day, user_shard
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def count_files(folder: str, n_files: int, string_ids: bool, after_day=None):
@@ -97,6 +104,18 @@ def test_user_shard_is_stable_and_spread():
     strings = pa.array([f"user-{i}" for i in range(10_000)])
     s = user_shard(strings, 8)
     assert (s == user_shard(strings, 8)).all() and np.bincount(s, minlength=8).min() > 1000
+    # The same shards in other processes with other string-hash seeds (tasks on other workers).
+    code = (
+        "import pyarrow as pa; from common.sequences import user_shard; "
+        "print(user_shard(pa.array([f'user-{i}' for i in range(10_000)]), 8).tolist())"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == s.tolist()
 
 
 def test_ties_in_one_file_keep_row_order(tmp_path):

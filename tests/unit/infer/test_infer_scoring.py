@@ -105,10 +105,14 @@ def test_constrained_beam_search_with_full_width_is_exact(tiny):
     beam, beam_val = scorer.constrained(SUFFIXES, EXCLUDE, 8)
     assert torch.equal(beam, exact)
     np.testing.assert_allclose(beam_val, exact_val, atol=1e-4)
-    narrow, _ = scorer.constrained(SUFFIXES, EXCLUDE, 3)
+    narrow, narrow_val = scorer.constrained(SUFFIXES, EXCLUDE, 3)
     assert narrow.shape == (3, 3)
     for b in range(3):
         assert not set(narrow[b].tolist()) & set(EXCLUDE[b])
+        # Whatever the narrow beam keeps, each cluster carries its exact log-probability.
+        exact_of = dict(zip(exact[b].tolist(), np.asarray(exact_val[b]).tolist(), strict=True))
+        want = [exact_of[c] for c in narrow[b].tolist()]
+        np.testing.assert_allclose(narrow_val[b], want, atol=1e-4)
 
 
 def test_generate_matches_hf_greedy(tiny):
