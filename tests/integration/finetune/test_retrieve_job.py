@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from common import schemas
+from common import schemas, storage
 from common.config import load_config
 from common.retrieval import read_snapshot
 from common.tables_io import write_parquet
@@ -45,6 +45,9 @@ def test_ray_engine_equals_arrow_engine(ray_session, tmp_path):
         out = retrieve.run(cfg)
         assert out["engine"] == engine and out["days_read"] == 6
         snaps[engine] = read_snapshot(root, D, 6)
+        # This run's snapshot, not the other engine's left in place.
+        meta = storage.read_json(storage.join(storage.retrieval_dir(root, D, 6), "meta.json"))
+        assert meta["engine"] == engine
     assert snaps["arrow"]["frequency"].num_rows > 0
     for v in snaps["arrow"]:
         assert snaps["ray"][v].equals(snaps["arrow"][v]), v
