@@ -129,7 +129,7 @@ def test_submit_aggregate_job(ray_head, tmp_path):
     stranger = subprocess.run([RAY, "job", "list", "--address", address],
                               env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
                               capture_output=True, text=True)
-    assert stranger.returncode != 0
+    assert stranger.returncode != 0 and "Invalid authentication token" in stranger.stderr
 
 
 @pytest.mark.parametrize("include_gitignore", [True, False])
