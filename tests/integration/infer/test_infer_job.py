@@ -168,7 +168,7 @@ def test_base_table_rows_are_the_models_own_ranking(ray_session, infer_root, tin
     texts = infer.prompt_texts(cfg, tok, catalog, pairs, None)
     prefix = infer.common_prefix(texts)
     scorer = PrefixScorer(load_model(tiny_model_dir, "float32"), tok, list(catalog.names), prefix)
-    for i in (0, 17, 38, 55):  # pairs from the first, middle and last batches of 32
+    for i in (0, 17, 38, 55):  # pairs from both batches of 32 (batch_size), ends included
         (a, b), text = pairs[i], texts[i]
         idx, logp = scorer.top_k(
             [text[len(prefix) :]], [[catalog.position(a), catalog.position(b)]], 5
