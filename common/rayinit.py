@@ -75,10 +75,12 @@ def init_ray(cfg: Config):
 def warn_if_gpus_missing(gpus: float, asked_by: str, turn_off: str) -> None:
     """A GPU request no node of the cluster can meet now waits for the autoscaler to add a GPU
     node, and on a machine without one, for ever: say so up front instead of waiting silently."""
+    if gpus <= 0:
+        return
     import ray
 
     have = ray.cluster_resources().get("GPU", 0.0)
-    if gpus > 0 and have < gpus:
+    if have < gpus:
         log.warning(
             "%s asks for %g GPU(s) per worker and this Ray cluster has %g now: the job waits "
             "until the autoscaler adds a GPU node (on a machine without GPUs, for ever: set %s)",
