@@ -28,10 +28,11 @@ def manifest(root: str, version: str) -> dict:
     return storage.read_json(storage.join(storage.table_dir(root, version), "manifest.json"))
 
 
-def rows_by_pair(table: pa.Table) -> dict[tuple[int, int], list[tuple[int, str]]]:
+def rows_by_pair(table: pa.Table, col: str = "source") -> dict[tuple[int, int], list[tuple]]:
+    """{(c1, c2): [(c3, the row's `col`), ...] in rank order}."""
     t = table.sort_by([("c1", "ascending"), ("c2", "ascending"), ("rank", "ascending")])
-    out: dict[tuple[int, int], list[tuple[int, str]]] = {}
-    for a, b, c, s in zip(*(t[n].to_pylist() for n in ("c1", "c2", "c3", "source")), strict=True):
+    out: dict[tuple[int, int], list[tuple]] = {}
+    for a, b, c, s in zip(*(t[n].to_pylist() for n in ("c1", "c2", "c3", col)), strict=True):
         out.setdefault((a, b), []).append((c, s))
     return out
 
@@ -156,11 +157,7 @@ def test_base_table_rows_are_the_models_own_ranking(ray_session, infer_root, tin
         "model.dtype=float32",
         "guards.enforce=false",
     )
-    table = published_table(infer_root, infer.run(cfg)["version"])
-    t = table.sort_by([("c1", "ascending"), ("c2", "ascending"), ("rank", "ascending")])
-    got: dict[tuple[int, int], list[tuple[int, float]]] = {}
-    for a, b, c, p in zip(*(t[n].to_pylist() for n in ("c1", "c2", "c3", "score")), strict=True):
-        got.setdefault((a, b), []).append((c, p))
+    got = rows_by_pair(published_table(infer_root, infer.run(cfg)["version"]), "score")
 
     catalog = load_catalog(cfg.inputs.clusters)
     tok = load_tokenizer(tiny_model_dir)
