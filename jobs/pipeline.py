@@ -6,9 +6,10 @@ the recent window have drifted from those of the fine-tune's data window, Jaccar
 `drift_threshold`, or every `finetune_every_days` while the table the last adapter serves
 measured weaker than the frequency table on the fine-tune's held-out slice); a RAG refresh
 (retrieval snapshot + bulk inference + guards + publish) every `rag_every_days` and after every
-fine-tune. The state lives in `<root>/pipeline/state.json` and records each completed step, so
-a second tick for the same day does nothing, and a failed step (an exception or a failed guard)
-leaves `tables/CURRENT` alone and is retried by the next tick.
+fine-tune (and on the next tick when that refresh failed). The state lives in
+`<root>/pipeline/state.json` and records each completed step, so a second tick for the same day
+does nothing, a tick for an earlier day than one recorded is refused, and a failed step (an
+exception or a failed guard) leaves `tables/CURRENT` alone and is retried by the next tick.
 
 `python -m jobs.pipeline replay --start DAY --end DAY --strategies a,b,...` replays the cadence
 over logged history (see jobs/replay.py).
@@ -31,6 +32,7 @@ import pyarrow as pa
 from common.cli import InputError, config_from_args, job_parser, setup_logging
 from common.config import Config, ConfigError, PipelineConfig
 from common.storage import exists, pipeline_state, read_current, read_json, write_json
+from jobs.infer import uses_adapter
 
 log = logging.getLogger(__name__)
 
@@ -280,30 +282,73 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
     if due:
         plan["finetune"] = reason if jaccard is None else f"{reason} (jaccard={jaccard:.3f})"
     last_refresh = _day(state.get("last_refresh", {}) and state["last_refresh"].get("day"))
-    if due or refresh_due(last_refresh, day, pcfg.rag_every_days):
-        plan["refresh"] = "after fine-tune" if due else "calendar"
+    if due:
+        plan["refresh"] = "after fine-tune"
+    elif last_ft is not None and (last_refresh is None or last_refresh < last_ft):
+        plan["refresh"] = "adapter not served yet"  # its refresh failed on the fine-tune's day
+    elif refresh_due(last_refresh, day, pcfg.rag_every_days):
+        plan["refresh"] = "calendar"
     return plan
 
 
+def later_tick(state: dict, day: dt.date) -> str | None:
+    """The newest tick recorded after `day`, if any: ticks go forward in time only."""
+    later = [d for d in state["ticks"] if dt.date.fromisoformat(d) > day]
+    return max(later) if later else None
+
+
+def calendar_refresh_after(failed: dict, cfg: Config, state: dict, day: dt.date) -> bool:
+    """Whether the refresh still runs after a failed step: only after a failed fine-tune, when
+    the calendar alone made it due and there is an adapter to serve (a previous fine-tune's)."""
+    if failed["step"] != "finetune":
+        return False
+    if uses_adapter(cfg.infer.strategy) and not state.get("last_finetune"):
+        return False
+    last = _day(state.get("last_refresh", {}) and state["last_refresh"].get("day"))
+    return refresh_due(last, day, cfg.pipeline.rag_every_days)
+
+
 def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
-    """Run what is due on `day`; idempotent; a failed step is recorded and retried next time."""
+    """Run what is due on `day`; idempotent; a failed step is recorded and retried next time.
+
+    The aggregate runs first and the rest is planned after it, so the adaptive policy measures
+    drift with yesterday's counts in. A tick for a day before one already recorded is refused:
+    it would move the served table and the adapter back in time. A failed fine-tune still lets
+    a refresh that the calendar made due run, on the previous adapter, so fresh retrieved
+    statistics keep reaching the table while the fine-tune is retried by the next ticks."""
     steps = steps or STEPS
     state = load_state(cfg.root)
     key = day.isoformat()
     record = state["ticks"].get(key)
     if record and record["status"] == "done":
         return {"day": key, "status": "done", "noop": True, "steps": record["steps"]}
+    newer = later_tick(state, day)
+    if newer:
+        raise InputError(
+            f"a tick for {newer} is already recorded in {pipeline_state(cfg.root)}: ticks run "
+            f"forward in time, and one for {key} would put an older table and adapter back "
+            f"in service; run --as-of {newer} or a later day"
+        )
     if record is None:
-        record = {"plan": plan_tick(cfg, state, day), "steps": {}, "status": "running"}
+        # Planned in full once the aggregate is done ("planned": False until then).
+        record = {"plan": {"aggregate": "new days"}, "planned": False, "steps": {}}
         state["ticks"][key] = record
+    record["status"] = "running"
     day_cfg = with_overrides(cfg, as_of=day)
+    failed: dict | None = None
     for name in ("aggregate", "finetune", "refresh"):
+        if failed and not (name == "refresh" and calendar_refresh_after(failed, cfg, state, day)):
+            break
+        if record.get("planned") is False and name != "aggregate":
+            record["plan"] = plan_tick(cfg, state, day)
+            record["planned"] = True
+            save_state(cfg.root, state)
         if name not in record["plan"] or record["steps"].get(name, {}).get("status") == "done":
             continue
         t0 = time.perf_counter()
         try:
             result = steps[name](day_cfg)
-        except Exception as e:  # recorded, then the tick stops: later steps depend on this one
+        except Exception as e:  # recorded; later steps depend on this one
             log.error("tick %s: step %s failed: %s", key, name, e)
             record["steps"][name] = {
                 "status": "failed",
@@ -313,13 +358,8 @@ def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
             }
             record["status"] = "failed"
             save_state(cfg.root, state)
-            return {
-                "day": key,
-                "status": "failed",
-                "failed_step": name,
-                "error": record["steps"][name]["error"],
-                "plan": record["plan"],
-            }
+            failed = failed or {"step": name, "error": record["steps"][name]["error"]}
+            continue
         record["steps"][name] = {
             "status": "done",
             "seconds": round(time.perf_counter() - t0, 3),
@@ -327,9 +367,22 @@ def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
         }
         if name == "finetune":
             state["last_finetune"] = {"day": key, "adapter": result["adapter"]}
+            ran = record["steps"].get("refresh", {})
+            if ran.get("status") == "done" and uses_adapter(cfg.infer.strategy):
+                # An earlier try of this tick refreshed on the previous adapter: serve this one.
+                record["steps"]["refresh_before_finetune"] = record["steps"].pop("refresh")
         if name == "refresh":
             state["last_refresh"] = {"day": key, "version": result.get("version")}
         save_state(cfg.root, state)
+    if failed:
+        return {
+            "day": key,
+            "status": "failed",
+            "failed_step": failed["step"],
+            "error": failed["error"],
+            "plan": record["plan"],
+            "current": read_current(cfg.root),
+        }
     record["status"] = "done"
     save_state(cfg.root, state)
     return {

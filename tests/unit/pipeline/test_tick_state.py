@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
+import pytest
 
 from common import schemas
+from common.cli import InputError
 from common.config import load_config
 from common.storage import read_current, swap_current, write_json
 from common.tables_io import write_parquet
@@ -120,7 +122,7 @@ def test_failed_refresh_keeps_current_and_is_retried(tmp_path):
     assert read_current(root) == f"v-{day(2)}"
 
 
-def test_failed_step_is_retried_by_the_next_day(tmp_path):
+def test_failed_finetune_is_retried_by_the_next_day_and_the_refresh_still_runs(tmp_path):
     root = str(tmp_path)
     cfg = load_config(
         None, [f"root={root}", "pipeline.rag_every_days=2", "pipeline.finetune_every_days=4"]
@@ -128,17 +130,78 @@ def test_failed_step_is_retried_by_the_next_day(tmp_path):
     steps = FakeSteps()
     for i in range(4):
         tick(cfg, day(i), steps)
-    # Day 4: the fine-tune fails; the refresh after it does not run (it would use a stale adapter).
+    # Day 4: the fine-tune fails; the refresh the calendar made due runs on the day-0 adapter.
     steps.fail = {"finetune"}
     r = tick(cfg, day(4), steps)
-    assert r["failed_step"] == "finetune" and read_current(root) == f"v-{day(2)}"
-    assert ("refresh", day(4)) not in steps.calls
-    # Day 5: both are overdue and run.
+    assert r["status"] == "failed" and r["failed_step"] == "finetune"
+    assert steps.calls[-3:] == [("aggregate", day(4)), ("finetune", day(4)), ("refresh", day(4))]
+    assert r["current"] == read_current(root) == f"v-{day(4)}"
+    state = load_state(root)
+    assert state["last_finetune"]["day"] == day(0).isoformat()
+    assert state["ticks"][day(4).isoformat()]["steps"]["refresh"]["status"] == "done"
+    # Day 5: the fine-tune is overdue and runs, with a refresh on its adapter.
     steps.fail = set()
     r = tick(cfg, day(5), steps)
     assert r["status"] == "done" and set(r["plan"]) == {"aggregate", "finetune", "refresh"}
     assert load_state(root)["last_finetune"]["day"] == day(5).isoformat()
     assert read_current(root) == f"v-{day(5)}"
+
+
+def test_failed_finetune_without_a_calendar_refresh_stops_the_tick(tmp_path):
+    root = str(tmp_path)
+    cfg = load_config(
+        None, [f"root={root}", "pipeline.rag_every_days=3", "pipeline.finetune_every_days=4"]
+    )
+    steps = FakeSteps()
+    for i in range(4):
+        tick(cfg, day(i), steps)  # refreshes on days 0 and 3
+    steps.fail = {"finetune"}
+    r = tick(cfg, day(4), steps)
+    assert r["failed_step"] == "finetune" and ("refresh", day(4)) not in steps.calls
+    assert read_current(root) == f"v-{day(3)}"
+    # The first fine-tune failing: no adapter to serve, so no refresh either.
+    first = str(tmp_path / "first")
+    steps = FakeSteps()
+    steps.fail = {"finetune"}
+    r = tick(load_config(None, [f"root={first}"]), day(0), steps)
+    assert r["failed_step"] == "finetune" and steps.days("refresh") == []
+    assert read_current(first) is None
+
+
+def test_a_refresh_that_failed_after_a_finetune_is_retried_the_next_day(tmp_path):
+    """The calendar alone would wait rag_every_days after the last refresh; the new adapter
+    must not wait that long to be served."""
+    root = str(tmp_path)
+    cfg = load_config(
+        None, [f"root={root}", "pipeline.rag_every_days=4", "pipeline.finetune_every_days=5"]
+    )
+    steps = FakeSteps()
+    for i in range(5):
+        tick(cfg, day(i), steps)  # fine-tune day 0; refreshes days 0 and 4
+    steps.fail = {"refresh"}
+    r = tick(cfg, day(5), steps)  # the fine-tune is done, its refresh fails
+    assert r["failed_step"] == "refresh" and read_current(root) == f"v-{day(4)}"
+    steps.fail = set()
+    r = tick(cfg, day(6), steps)
+    assert r["plan"]["refresh"] == "adapter not served yet" and "finetune" not in r["plan"]
+    assert read_current(root) == f"v-{day(6)}"
+    assert set(tick(cfg, day(7), steps)["plan"]) == {"aggregate"}
+
+
+def test_a_tick_for_an_earlier_day_is_refused(tmp_path):
+    root = str(tmp_path)
+    cfg = load_config(None, [f"root={root}", "pipeline.rag_every_days=1"])
+    steps = FakeSteps()
+    steps.fail = {"refresh"}
+    tick(cfg, day(0), steps)  # aggregate and fine-tune done, refresh failed
+    steps.fail = set()
+    tick(cfg, day(1), steps)
+    state = load_state(root)
+    with pytest.raises(InputError, match=f"a tick for {day(1)} is already recorded"):
+        tick(cfg, day(0), steps)
+    assert load_state(root) == state and read_current(root) == f"v-{day(1)}"
+    # A day already done still answers as a no-op.
+    assert tick(cfg, day(1), steps)["noop"] is True
 
 
 def plant_counts(root: str, days: range, successors: list[int]) -> None:
@@ -187,6 +250,39 @@ def test_adaptive_finetunes_after_the_successors_change(tmp_path):
     for i in range(10, 60):
         tick(fixed, day(i), steps)
     assert steps.days("finetune") == [day(10), day(40)]
+
+
+def test_adaptive_plans_with_the_counts_its_own_aggregate_just_wrote(tmp_path):
+    """As in production, each tick's aggregate lands yesterday's counts: the drift that plans
+    the fine-tune must see them (planned before the aggregate, day 34 measured 0.429)."""
+    root = str(tmp_path)
+    plant_counts(root, range(0, 10), [2, 3, 4, 5, 6])
+
+    class LandingSteps(FakeSteps):
+        def aggregate(self, cfg):
+            i = (cfg.as_of - D0).days - 1
+            plant_counts(root, range(i, i + 1), [2, 3, 4, 5, 6] if i < 30 else [7, 8, 9, 10, 11])
+            return super().aggregate(cfg)
+
+    cfg = load_config(
+        None,
+        [
+            f"root={root}",
+            "finetune.window_days=10",
+            "pipeline.rag_every_days=2",
+            "pipeline.drift_threshold=0.5",
+            "pipeline.drift_window_days=7",
+            "pipeline.drift_min_support=5",
+            "pipeline.min_finetune_gap_days=3",
+            "pipeline.policy=adaptive",
+        ],
+    )
+    steps = LandingSteps()
+    for i in range(10, 60):
+        tick(cfg, day(i), steps)
+    assert steps.days("finetune") == [day(10), day(34), day(37)]
+    plan = load_state(root)["ticks"][day(34).isoformat()]["plan"]
+    assert plan["finetune"] == "drift (jaccard=0.111)"
 
 
 def test_adaptive_on_a_sparse_log_says_drift_is_unmeasured(tmp_path, caplog):
