@@ -122,14 +122,25 @@ def test_failed_refresh_keeps_current_and_is_retried(tmp_path):
     assert read_current(root) == f"v-{day(2)}"
 
 
-def test_failed_finetune_is_retried_by_the_next_day_and_the_refresh_still_runs(tmp_path):
-    root = str(tmp_path)
+def ticked(root: str, rag_every: int, finetune_every: int, days: int):
+    """(cfg, steps) after ticks on days 0..days-1 with that cadence."""
     cfg = load_config(
-        None, [f"root={root}", "pipeline.rag_every_days=2", "pipeline.finetune_every_days=4"]
+        None,
+        [
+            f"root={root}",
+            f"pipeline.rag_every_days={rag_every}",
+            f"pipeline.finetune_every_days={finetune_every}",
+        ],
     )
     steps = FakeSteps()
-    for i in range(4):
+    for i in range(days):
         tick(cfg, day(i), steps)
+    return cfg, steps
+
+
+def test_failed_finetune_is_retried_by_the_next_day_and_the_refresh_still_runs(tmp_path):
+    root = str(tmp_path)
+    cfg, steps = ticked(root, 2, 4, days=4)
     # Day 4: the fine-tune fails; the refresh the calendar made due runs on the day-0 adapter.
     steps.fail = {"finetune"}
     r = tick(cfg, day(4), steps)
@@ -147,14 +158,22 @@ def test_failed_finetune_is_retried_by_the_next_day_and_the_refresh_still_runs(t
     assert read_current(root) == f"v-{day(5)}"
 
 
+def test_a_finetune_retried_the_same_day_is_served_by_a_second_refresh(tmp_path):
+    root = str(tmp_path)
+    cfg, steps = ticked(root, 2, 4, days=4)
+    steps.fail = {"finetune"}
+    tick(cfg, day(4), steps)  # the refresh ran on the day-0 adapter
+    steps.fail = set()
+    n = len(steps.calls)
+    r = tick(cfg, day(4), steps)
+    assert r["status"] == "done" and steps.calls[n:] == [("finetune", day(4)), ("refresh", day(4))]
+    record = load_state(root)["ticks"][day(4).isoformat()]["steps"]
+    assert record["refresh"]["status"] == record["refresh_before_finetune"]["status"] == "done"
+
+
 def test_failed_finetune_without_a_calendar_refresh_stops_the_tick(tmp_path):
     root = str(tmp_path)
-    cfg = load_config(
-        None, [f"root={root}", "pipeline.rag_every_days=3", "pipeline.finetune_every_days=4"]
-    )
-    steps = FakeSteps()
-    for i in range(4):
-        tick(cfg, day(i), steps)  # refreshes on days 0 and 3
+    cfg, steps = ticked(root, 3, 4, days=4)  # refreshes on days 0 and 3
     steps.fail = {"finetune"}
     r = tick(cfg, day(4), steps)
     assert r["failed_step"] == "finetune" and ("refresh", day(4)) not in steps.calls
@@ -172,12 +191,7 @@ def test_a_refresh_that_failed_after_a_finetune_is_retried_the_next_day(tmp_path
     """The calendar alone would wait rag_every_days after the last refresh; the new adapter
     must not wait that long to be served."""
     root = str(tmp_path)
-    cfg = load_config(
-        None, [f"root={root}", "pipeline.rag_every_days=4", "pipeline.finetune_every_days=5"]
-    )
-    steps = FakeSteps()
-    for i in range(5):
-        tick(cfg, day(i), steps)  # fine-tune day 0; refreshes days 0 and 4
+    cfg, steps = ticked(root, 4, 5, days=5)  # fine-tune day 0; refreshes days 0 and 4
     steps.fail = {"refresh"}
     r = tick(cfg, day(5), steps)  # the fine-tune is done, its refresh fails
     assert r["failed_step"] == "refresh" and read_current(root) == f"v-{day(4)}"
