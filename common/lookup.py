@@ -12,16 +12,56 @@ Serve and the evaluation share this class, so a hit rate measures exactly what i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from common.catalog import Catalog
 from common.storage import join
 from common.tables_io import read_table
 
 GLOBAL = -1  # the c2 key of the global backoff list
+
+log = logging.getLogger(__name__)
+
+
+def known_mask(column: pa.ChunkedArray, catalog: Catalog, also: tuple[int, ...] = ()) -> pa.Array:
+    """True where the cluster id is in `catalog` (or in `also`); False for nulls."""
+    value_set = pa.array([*catalog.ids, *also], pa.int64()).cast(column.type)
+    return pc.is_in(column, value_set=value_set)
+
+
+def drop_unknown_clusters(
+    table: pa.Table, backoff: pa.Table, items: pa.Table | None, catalog: Catalog, version: str
+) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+    """The rows of a version that name only clusters of its own catalog. A publisher checks
+    this already; a version that slips one through (a cluster dropped from clusters.parquet
+    while the window still has its transitions) must cost rows, never a 5xx at answer time."""
+    rows = pc.and_(
+        pc.and_(known_mask(table["c1"], catalog), known_mask(table["c2"], catalog)),
+        known_mask(table["c3"], catalog),
+    )
+    back = pc.and_(
+        known_mask(backoff["c2"], catalog, (GLOBAL,)), known_mask(backoff["c3"], catalog)
+    )
+    kept_table, kept_backoff = table.filter(rows), backoff.filter(back)
+    kept_items = None if items is None else items.filter(known_mask(items["cluster_id"], catalog))
+    dropped = (
+        table.num_rows - kept_table.num_rows,
+        backoff.num_rows - kept_backoff.num_rows,
+        0 if items is None else items.num_rows - kept_items.num_rows,
+    )
+    if any(dropped):
+        log.warning(
+            "version %s: dropped %d table rows, %d backoff rows and %d items naming clusters "
+            "missing from its clusters.parquet",
+            version,
+            *dropped,
+        )
+    return kept_table, kept_backoff, kept_items
 
 
 def rows_by_key(
@@ -81,6 +121,7 @@ class Lookup:
         items: pa.Table | None = None,
         top_items: pa.Table | None = None,
     ) -> Lookup:
+        table, backoff, items = drop_unknown_clusters(table, backoff, items, catalog, version)
         pairs = rows_by_key(table, ["c1", "c2"])
         # The source of a pair is that of its rank-1 row: iterate ranks descending, last one wins.
         desc = table.sort_by([("rank", "descending")])

@@ -89,14 +89,24 @@ def build_backoff(
 ) -> pa.Table:
     """Backoff lists: the snapshot's global successors of c2 (top k per c2), and under c2 = -1 the
     global top of every cluster by count of c3 in `transitions` (the window), ties by id, so the
-    last backoff always has an answer for any pair."""
-    snap = global_snapshot.filter(pc.less_equal(global_snapshot["rank"], k))
+    last backoff always has an answer for any pair. Only catalog clusters: the window can still
+    hold transitions of a cluster since dropped from the catalog, which Serve could not name."""
+    valid = pa.array(catalog.ids, pa.int32())
+    snap = global_snapshot.select(["c2", "rank", "c3", "score"]).cast(BACKOFF)
+    snap = snap.filter(
+        pc.and_(pc.is_in(snap["c2"], value_set=valid), pc.is_in(snap["c3"], value_set=valid))
+    ).sort_by([("c2", "ascending"), ("rank", "ascending")])
+    # Rank again within each c2 (the dropped rows leave gaps): position minus its run's start.
+    c2s = snap["c2"].to_numpy()
+    starts = np.r_[0, np.flatnonzero(np.diff(c2s)) + 1]
+    rank = np.arange(len(c2s)) - np.repeat(starts, np.diff(np.r_[starts, len(c2s)])) + 1
+    keep = pa.array(rank <= k)
     per_c2 = pa.table(
         {
-            "c2": pc.cast(snap["c2"], pa.int32()),
-            "rank": pc.cast(snap["rank"], pa.int16()),
-            "c3": pc.cast(snap["c3"], pa.int32()),
-            "score": pc.cast(snap["score"], pa.float32()),
+            "c2": snap["c2"].filter(keep),
+            "rank": pa.array(rank, pa.int16()).filter(keep),
+            "c3": snap["c3"].filter(keep),
+            "score": snap["score"].filter(keep),
         },
         schema=BACKOFF,
     )

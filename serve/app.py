@@ -41,12 +41,17 @@ class AppArgs(BaseModel):
     root: str = Field(description="Where tables/CURRENT lives: a local path or s3://bucket/prefix.")
     poll_interval_s: float = Field(2.0, gt=0, description="Seconds between reads of CURRENT.")
     retry_failed_s: float = Field(
-        30.0, ge=0, description="Seconds before a version that failed to load is tried again."
+        30.0,
+        ge=0,
+        description="Seconds before a version that failed to load is tried again while another "
+        "serves (a replica with no table retries on every poll).",
     )
     default_k: int = Field(10, ge=1, description="Clusters returned when the request names no k.")
     max_k: int = Field(50, ge=1, description="Largest k accepted; a larger k is a 400.")
     max_history: int = Field(
-        1000, ge=2, description="Most ids accepted in one history (only the last two are used)."
+        1000,
+        ge=2,
+        description="Most ids accepted in one history (only the last two clusters are used).",
     )
     max_batch: int = Field(1000, ge=1, description="Most histories in one POST /v1/next.")
     max_items: int = Field(200, ge=1, description="Most item ids accepted by /v1/recommend.")
@@ -158,9 +163,13 @@ class ClusterScore(BaseModel):
 
 class NextResponse(BaseModel):
     version: str = Field(description="The published table version that answered.")
-    history: list[int] = Field(description="The (c1, c2) pair used: the last two clusters.")
+    history: list[int] = Field(
+        description="The (c1, c2) pair used: the last two clusters once consecutive repeats "
+        "collapse ([3, 7, 7] -> [3, 7])."
+    )
     source: str = Field(
-        description="llm | frequency | backoff (a table row), backoff_c2 | backoff_global"
+        description="llm | frequency | backoff (a table row), backoff_c2 | backoff_global, or "
+        "empty (no cluster to answer: `clusters` is [])"
     )
     clusters: list[ClusterScore]
 
@@ -214,10 +223,18 @@ api = FastAPI(
     version="1",
 )
 
-# Encoded /v1/next bodies kept per replica (~0.5 KB each): every pair of 300 clusters at one k.
-MAX_CACHED_BODIES = 100_000
+# Encoded /v1/next bodies kept per replica, by total size: a body is ~0.1 KB at k=1 and ~4 KB at
+# k=50, so a cap on entries alone (100k) allowed ~400 MB. 64 MB holds every pair of 300 clusters
+# at the default k (~0.8 KB each, plus ~0.25 KB of dict entry, key and bytes header).
+MAX_CACHED_BYTES = 64 * 2**20
+CACHE_ENTRY_OVERHEAD = 256  # bytes a cached body costs besides its own length (approximate)
 
-HISTORY_DOC = "Cluster ids, oldest first, comma separated; the last two are used."
+HISTORY_DOC = (
+    "Cluster ids, oldest first, comma separated; the last two once consecutive repeats collapse "
+    "are used (3,7,7 -> 3,7), earlier ids are not."
+)
+
+DEFAULT_ITEMS_PER_CLUSTER = 5  # /v1/recommend's `n` when the request names none (at most max)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -271,7 +288,10 @@ class NextInterest:
     """One replica: a `TableWatcher` and the handlers reading its current `Lookup`."""
 
     def __init__(self, args: AppArgs | dict[str, Any]) -> None:
-        self.args = AppArgs.model_validate(args)
+        # user_config applies on top of these, not of the last config: a key removed from it
+        # then falls back to the start value, as on a replica started after the change.
+        self.init_args = AppArgs.model_validate(args)
+        self.args = self.init_args
         self.watcher = self._start_watcher(self.args)
         self.answers: dict[str, int] = {}  # by source, for /v1/healthz
         # Counts not yet added to the Ray metric: one Counter.inc costs about as much as a whole
@@ -280,6 +300,8 @@ class NextInterest:
         self._flushed_at = time.monotonic()
         self._bodies: dict[tuple[int, int, int], tuple[str, bytes]] = {}
         self._bodies_of: Lookup | None = None  # the table version those bodies come from
+        self._cached_bytes = 0  # their size, CACHE_ENTRY_OVERHEAD included
+        self.max_cached_bytes = MAX_CACHED_BYTES
         self.answer_counter = Counter(
             "next_interest_answers",
             description="Answers given, by source (table row or backoff) and endpoint.",
@@ -293,10 +315,22 @@ class NextInterest:
         return watcher.start()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """`serve deploy` config updates: any AppArgs field; a new root is loaded, then swapped."""
-        args = AppArgs.model_validate({**self.args.model_dump(), **(user_config or {})})
+        """`serve deploy` config updates: any AppArgs field, over the args the replica started
+        with. A new root is loaded, then swapped; one with no loadable table raises, so the
+        update fails and this replica's state (its table, its limits) stays as it was."""
+        args = AppArgs.model_validate({**self.init_args.model_dump(), **(user_config or {})})
         if args.root != self.watcher.root:
-            old, self.watcher = self.watcher, self._start_watcher(args)
+            watcher = TableWatcher(args.root, args.poll_interval_s, args.retry_failed_s)
+            watcher.check_once()
+            if watcher.lookup is None:
+                watcher.stop()
+                served = self.watcher.lookup
+                raise RuntimeError(
+                    f"new root {args.root!r} has no table to serve "
+                    f"({watcher.last_error or 'no tables/CURRENT there'}); still serving "
+                    f"{served.version if served else 'no table'} from {self.watcher.root!r}"
+                )
+            old, self.watcher = self.watcher, watcher.start()
             old.stop()
         else:
             self.watcher.poll_interval_s = args.poll_interval_s
@@ -319,16 +353,18 @@ class NextInterest:
     def _next_body(self, lookup: Lookup, c1: int, c2: int, k: int) -> tuple[str, bytes]:
         """(source, JSON body) of GET /v1/next, encoded once per table version and pair: a
         version is immutable, and building + encoding the answer was a tenth of a replica's
-        time under load. Bounded: past MAX_CACHED_BODIES pairs, answers are built each time."""
+        time under load. Bounded: past MAX_CACHED_BYTES, answers are built each time."""
         if lookup is not self._bodies_of:
-            self._bodies, self._bodies_of = {}, lookup
+            self._bodies, self._bodies_of, self._cached_bytes = {}, lookup, 0
         key = (c1, c2, k)
         hit = self._bodies.get(key)
         if hit is None:
             answer = next_answer(lookup, c1, c2, k)
             hit = (answer["source"], json_bytes(answer))
-            if len(self._bodies) < MAX_CACHED_BODIES:
+            size = len(hit[1]) + CACHE_ENTRY_OVERHEAD
+            if self._cached_bytes + size <= self.max_cached_bytes:
                 self._bodies[key] = hit
+                self._cached_bytes += size
         return hit
 
     def _count(self, source: str, endpoint: str, n: int = 1) -> None:
@@ -346,9 +382,16 @@ class NextInterest:
             self.answer_counter.inc(n, tags={"source": source, "endpoint": endpoint})
 
     def check_health(self) -> None:
-        """Serve's periodic health check (every 10 s by default): also flushes the counts of an idle
-        replica, so the metric never lags by more than a health-check period."""
+        """Serve's periodic health check (every 10 s by default), also run once before a new
+        replica gets traffic. Fails while CURRENT names a version this replica has not loaded
+        (or CURRENT cannot be read) and it has no table: Serve then routes to the replicas that
+        have one and replaces this one. With nothing published yet it passes: the documented
+        503 is the answer. Also flushes the counts of an idle replica, so the metric never lags
+        by more than a health-check period."""
         self.flush_metrics()
+        problem = self.watcher.unready_reason()
+        if problem is not None:
+            raise RuntimeError(f"no table loaded from {self.watcher.root}: {problem}")
 
     def _next_request(self, lookup: Lookup, history: str | None, k: int | None) -> bytes:
         """The GET /v1/next body for `history` and `k`; BadInput for a bad request."""
@@ -425,10 +468,16 @@ class NextInterest:
         self,
         items: str | None = Query(None, description="Item ids, oldest first, comma separated."),
         k: int | None = Query(None, description="Predicted clusters to return (1..max_k)."),
-        n: int = Query(5, description="Items per predicted cluster (1..max_items_per_cluster)."),
+        n: int | None = Query(
+            None,
+            description=f"Items per predicted cluster (1..max_items_per_cluster; default "
+            f"{DEFAULT_ITEMS_PER_CLUSTER} or max_items_per_cluster if smaller).",
+        ),
     ) -> Response:
         lookup = self._served()
         args = self.args
+        if n is None:
+            n = min(DEFAULT_ITEMS_PER_CLUSTER, args.max_items_per_cluster)
         try:
             kk = check_k(k, args)
             if not 1 <= n <= args.max_items_per_cluster:

@@ -5,7 +5,9 @@ pointer names a new version it loads that version off the request path and then 
 reference; requests read the reference once, so each sees either the old `Lookup` or the new one,
 never a half-built one, and none waits on the load. A version that fails to load is logged and the
 old one keeps serving; it is retried only after `retry_failed_s`, so a broken publish costs one log
-line per retry period rather than one per poll. Nothing here knows about HTTP or Ray.
+line per retry period rather than one per poll. A watcher with nothing loaded yet retries on every
+poll instead: it has nothing to serve, and a transient error (S3) must not cost it
+`retry_failed_s`. Nothing here knows about HTTP or Ray.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class TableWatcher:
         self.lookup: Lookup | None = None  # replaced whole, never mutated
         self.loaded_at: float | None = None
         self.last_error: str | None = None
+        self.current: str | None = None  # the version CURRENT named at the last good read
+        self.current_read = False  # whether the last read of CURRENT succeeded
         self._failed: dict[str, float] = {}  # version -> monotonic time of its last failed load
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -51,14 +55,17 @@ class TableWatcher:
             try:
                 version = self._read_pointer(self.root)
             except Exception as e:  # an unreachable store keeps the old table serving
+                self.current_read = False
                 self.last_error = f"cannot read CURRENT under {self.root}: {e}"
                 log.warning(self.last_error)
                 return False
+            self.current, self.current_read = version, True
             served = self.lookup.version if self.lookup is not None else None
             if version is None or version == served:
                 return False
             failed_at = self._failed.get(version)
-            if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:
+            waiting = failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s
+            if waiting and self.lookup is not None:
                 return False
             started = time.monotonic()
             try:
@@ -80,6 +87,18 @@ class TableWatcher:
                 served,
             )
             return True
+
+    def unready_reason(self) -> str | None:
+        """Why this watcher cannot answer although there is something to answer from (CURRENT
+        names a version, or CURRENT cannot be read), or None: a table is loaded, or nothing has
+        been published yet (answers are then a documented 503, not a fault)."""
+        if self.lookup is not None:
+            return None
+        if not self.current_read:
+            return self.last_error or f"CURRENT under {self.root} has not been read yet"
+        if self.current is None:
+            return None
+        return self.last_error or f"version {self.current} is not loaded yet"
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_interval_s):

@@ -59,7 +59,14 @@ def serve_app(ray_session, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # A short poll so a publish shows within a second; small limits so the bounds are testable.
-    common = dict(poll_interval_s=0.2, max_k=20, max_history=100, max_batch=50, max_items=20)
+    common = dict(
+        poll_interval_s=0.2,
+        max_k=20,
+        max_history=100,
+        max_batch=50,
+        max_items=20,
+        max_items_per_cluster=3,  # under /v1/recommend's default n (5): the default is clamped
+    )
     # The main app is built the way `serve run serve.app:build_app root=ROOT key=value` builds it:
     # Serve's own call, with every argument a string from the command line.
     cli_args = {"root": root, **{key: str(value) for key, value in common.items()}}

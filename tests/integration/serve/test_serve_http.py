@@ -82,6 +82,10 @@ def test_recommend_grounds_items(serve_app):
         {"cluster_id": c, "name": name(c), "score": s, "items": [f"i{c}-0", f"i{c}-1"]}
         for c, s in picked
     ]
+    # No n: 5 items per cluster, clamped to max_items_per_cluster (3 here), not a 400.
+    r = serve_app.client.get(f"{serve_app.url}/v1/recommend", params={"items": "i1-0", "k": 1})
+    assert r.status_code == 200, r.text
+    assert [c["items"] for c in r.json()["clusters"]] == [["i0-0", "i0-1", "i0-2"]]
 
 
 BAD = [
@@ -110,6 +114,7 @@ BAD = [
     ("get", "/v1/recommend", {}, 400, "items is missing"),
     ("get", "/v1/recommend", {"items": "nope,nada"}, 400, "none of the 2"),
     ("get", "/v1/recommend", {"items": "i1-0", "n": 0}, 400, "out of range"),
+    ("get", "/v1/recommend", {"items": "i1-0", "n": 4}, 400, "1 <= n <= 3"),
     ("get", "/v1/recommend", {"items": "i1-0", "k": 100}, 400, "out of range"),
     ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 21)}, 400, "1..20"),
     ("get", "/v1/recommend", {"items": ",".join(["i1-0"] * 300)}, 400, "too long"),
