@@ -427,7 +427,9 @@ class LocalSession:
         self.last_metrics = metrics
         if checkpoint:
             target = os.path.join(self.dir, f"step-{metrics['step']:08d}")
-            shutil.rmtree(target, ignore_errors=True)
+            # A .tmp left by a process killed mid-copy would make every retry fail here.
+            for stale in (target, target + ".tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
             shutil.copytree(checkpoint, target + ".tmp")
             os.rename(target + ".tmp", target)
             for old in sorted(n for n in os.listdir(self.dir) if n.startswith("step-"))[:-2]:
@@ -601,7 +603,11 @@ def train_loop_per_worker(config: dict) -> dict:
         set_peft_model_state_dict(
             peft, load_file(os.path.join(restored, "adapter", "adapter_model.safetensors"))
         )
-        state = torch.load(os.path.join(restored, "state.pt"), weights_only=False)
+        # Tensors and numbers only (no pickled code from a store); optimizer.load_state_dict
+        # moves the moments to the parameters' device.
+        state = torch.load(
+            os.path.join(restored, "state.pt"), map_location="cpu", weights_only=True
+        )
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["step"])

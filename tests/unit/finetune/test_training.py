@@ -217,6 +217,32 @@ def test_lora_learns_toy_mapping_and_adapter_reloads(trainable_tiny, tmp_path):
     assert "blend" not in again  # llm_weight 1: the adapter's own rows only
 
 
+@pytest.mark.timeout(180)
+def test_a_run_killed_midway_resumes_to_the_same_adapter(trainable_tiny, tmp_path):
+    """Without Ray (LocalSession): killed after the step-6 checkpoint, rerun, the loop restores
+    the adapter, optimizer, schedule and data position, so the final adapter is bit-identical
+    to an uninterrupted run's; a half-copied checkpoint folder left by the kill is no obstacle."""
+    from safetensors.torch import load_file
+
+    _, data = ten_toy_days(trainable_tiny)
+
+    def run(name, **kw):
+        cfg = loop_config(trainable_tiny, data, tmp_path / name, checkpoint_every_steps=3, **kw)
+        return training.train_loop_per_worker({**cfg, "llm_weight": 1.0, "eval_base": False})
+
+    whole = run("whole")
+    kill = {"fail_at_step": 7, "fail_marker": str(tmp_path / "killed")}
+    with pytest.raises(RuntimeError):
+        run("resumed", **kill)
+    (tmp_path / "resumed" / "step-00000009.tmp").mkdir()  # the next checkpoint's copy, cut short
+    resumed = run("resumed", **kill)
+    assert whole["total_steps"] > 9 and resumed["start_step"] == 6
+    a = load_file(f"{whole['adapter_dir']}/adapter_model.safetensors")
+    b = load_file(f"{resumed['adapter_dir']}/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["heldout"]["acc@1"] == whole["heldout"]["acc@1"]
+
+
 def test_heldout_blend_spans_the_counts_and_the_model(trainable_tiny):
     """The held-out "blend" line mixes the model's rows with the frequency table's as jobs.infer
     does: weight 0 scores exactly the frequency table (right on every event of this
