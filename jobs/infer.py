@@ -196,6 +196,43 @@ def adapter_path(cfg: Config) -> str | None:
     return name if "/" in name else storage.join(storage.adapters_dir(cfg.root), name)
 
 
+def check_adapter_prompts(cfg: Config, adapter: str | None) -> None:
+    """Serve an adapter only on the prompts it was trained on: a RAG strategy renders
+    prompt.rag_variant's top prompt.rag_top successors, so those must be what the fine-tune's
+    RAG prompts named (its meta.json "prompt"); an adapter trained without RAG would meet RAG
+    lines it never saw. A different base model than the one it was trained on is a warning (the
+    same model can be named two ways)."""
+    if adapter is None:
+        return
+    from common.model import read_adapter_meta
+
+    try:
+        meta = read_adapter_meta(adapter)
+    except (FileNotFoundError, ValueError):
+        log.warning("adapter %s has no meta.json: its prompt settings cannot be checked", adapter)
+        return
+    trained = meta.get("prompt") or {}
+    if meta.get("base_model") and meta["base_model"] != cfg.model.name_or_path:
+        log.warning(
+            "adapter %s was trained on base model %s; this run loads %s",
+            adapter,
+            meta["base_model"],
+            cfg.model.name_or_path,
+        )
+    if not trained or not uses_rag(cfg.infer.strategy):
+        return
+    now = {**cfg.prompt.model_dump(mode="json"), "rag": True}  # a RAG strategy renders RAG
+    keys = [k for k in ("rag", "rag_top", "rag_variant") if k in trained and trained[k] != now[k]]
+    if keys:
+        was = ", ".join(f"prompt.{k}={trained[k]}" for k in keys)
+        serves = ", ".join(f"prompt.{k}={now[k]}" for k in keys)
+        raise InputError(
+            f"adapter {adapter} was trained with {was}, but infer.strategy={cfg.infer.strategy} "
+            f"would serve it prompts with {serves}: set the same prompt settings, or fine-tune "
+            "again with these"
+        )
+
+
 # ---------------------------------------------------------------- the Ray Data callable
 class PairScorer:
     """Ray Data callable: loads the model (+ adapter) and the prefix cache once per actor, then
@@ -437,6 +474,7 @@ def infer_llm(cfg: Config, catalog: Catalog, pairs, snap, gpairs, shadow_snap) -
 
     inf, g = cfg.infer, cfg.guards
     adapter = adapter_path(cfg)
+    check_adapter_prompts(cfg, adapter)
     tokenizer = load_tokenizer(resolve_model(cfg.model))
     rag = uses_rag(inf.strategy)
     texts = prompt_texts(cfg, tokenizer, catalog, pairs, snap if rag else None)
