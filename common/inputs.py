@@ -1,8 +1,11 @@
 """Read and validate the interactions input with Ray (SYSTEM.md "Inputs").
 
 Ray tasks read the input files (in path order, a run of files per task) with pyarrow, check the
-columns, normalise `ts` to int64 microseconds since the epoch in UTC, map items to clusters and
-drop the rows the contract drops, counting them by reason. Each row gets an explicit order key
+columns, normalise `ts` to int64 microseconds since the epoch in UTC (instants outside
+[1970-01-01, 2100-01-01) are `bad_ts`: epoch milliseconds or nanoseconds read as seconds land
+there instead of wrapping), map items to clusters and drop the rows the contract drops, counting
+them by reason. Rows of days on or after `before_day` (the as_of day) are held, not dropped: they
+stay in the log for a later run. Each row gets an explicit order key
 `ord = file_index * 2**40 + row_in_file`, because "ties keep input order" must survive a shuffle
 that promises no order. The cleaned blocks stay in the object store and become a Ray Dataset with
 `ray.data.from_arrow_refs`; the driver only ever sees the per-task counters.
@@ -13,6 +16,7 @@ the drop counters must come back beside the data.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -25,10 +29,18 @@ import pyarrow.parquet as pq
 from common.cli import InputError
 from common.storage import arrow_fs_for, is_s3
 
+log = logging.getLogger(__name__)
 REQUIRED = ("user_id", "item_id", "ts")
 DROP_REASONS = ("null_user_id", "null_item_id", "null_ts", "bad_ts", "unknown_item")
 ORD_SHIFT = 40  # room for 2**40 rows per file and 2**23 files in an int64 order key
 US_PER_DAY = 86_400_000_000
+# Valid instants: [1970-01-01, 2100-01-01) in epoch seconds. 2100 is far from any real log and far
+# from int64 overflow: 4.1e9 s is 4.1e18 ns, below 2**63 = 9.2e18.
+MAX_TS_S = 4_102_444_800
+PLAUSIBLE_S = 315_532_800  # 1980-01-01: a unit hint must land a log in a believable year
+BAD_TS_WARN_SHARE = 0.5  # warn (with a unit hint) when more of a file's ts are bad than this
+MAX_WARNINGS = 10
+INT32 = (-(2**31), 2**31 - 1)
 EVENTS = pa.schema([("user_id", pa.int64()), ("ts", pa.int64()), ("ord", pa.int64()),
                     ("cluster_id", pa.int32())])
 
@@ -57,17 +69,60 @@ def list_input_files(uri: str) -> list[str]:
     return [prefix + n for n in names]
 
 
-def read_items(uri: str) -> pa.Table:
-    """The items table (item_id, cluster_id); a one-line InputError naming missing columns."""
+def _examples(values: list, n: int = 3) -> str:
+    return ", ".join(str(v) for v in values[:n]) + (", ..." if len(values) > n else "")
+
+
+def read_items(uri: str, clusters_uri: str | None = None) -> pa.Table:
+    """The items table (item_id, cluster_id int32, one row per item), checked: InputError names
+    missing columns, nulls, non-integer or out-of-int32 cluster ids, an item in two clusters, and
+    cluster ids missing from the catalog at clusters_uri (when that file exists).
+
+    Checked here because the aggregate counts whatever ids it is given: a bad id would otherwise
+    only fail at publish, after every count was built on it.
+    """
+    from common import storage
     from common.tables_io import read_table
 
     table = read_table(uri)
     missing = [c for c in ("item_id", "cluster_id") if c not in table.column_names]
     if missing:
         raise InputError(f"items {uri} is missing column(s): {', '.join(missing)}")
-    if table["cluster_id"].null_count:
-        raise InputError(f"items {uri}: cluster_id has {table['cluster_id'].null_count} nulls")
-    return table.select(["item_id", "cluster_id"])
+    table = table.select(["item_id", "cluster_id"])
+    clusters = table["cluster_id"]
+    if clusters.null_count:
+        raise InputError(f"items {uri}: cluster_id has {clusters.null_count} nulls")
+    try:
+        wide = pc.cast(clusters, pa.int64())  # safe cast: 1.5 or "a" fail instead of truncating
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise InputError(f"items {uri}: cluster_id must be integers, got {clusters.type}") from e
+    outside = pc.or_(pc.less(wide, INT32[0]), pc.greater(wide, INT32[1]))
+    if pc.any(outside).as_py():
+        bad = pc.unique(wide.filter(outside)).to_pylist()
+        raise InputError(f"items {uri}: {len(bad)} cluster_id value(s) outside int32, e.g. "
+                         f"{_examples(bad)}")
+    table = table.set_column(1, "cluster_id", pc.cast(wide, pa.int32()))
+    # Exact duplicate rows are harmless; an item in two clusters would silently take the first.
+    table = table.group_by(["item_id", "cluster_id"], use_threads=False).aggregate([])
+    per_item = table.group_by("item_id", use_threads=False).aggregate(
+        [("cluster_id", "count"), ("cluster_id", "list")])
+    conflicts = per_item.filter(pc.greater(per_item["cluster_id_count"], 1))
+    if conflicts.num_rows:
+        shown = [f"{r['item_id']} -> {sorted(r['cluster_id_list'])}"
+                 for r in conflicts.slice(0, 3).to_pylist()]
+        more = ", ..." if conflicts.num_rows > 3 else ""
+        raise InputError(f"items {uri}: {conflicts.num_rows} item_id(s) map to more than one "
+                         f"cluster_id, e.g. {', '.join(shown)}{more}")
+    if clusters_uri and storage.exists(clusters_uri):
+        from common.catalog import load_catalog
+
+        known = pa.array(load_catalog(clusters_uri).ids, pa.int32())
+        used = pc.unique(table["cluster_id"])
+        unknown = sorted(used.filter(pc.invert(pc.is_in(used, value_set=known))).to_pylist())
+        if unknown:
+            raise InputError(f"items {uri}: {len(unknown)} cluster_id value(s) not in the "
+                             f"clusters catalog {clusters_uri}, e.g. {_examples(unknown)}")
+    return table
 
 
 def read_file(uri: str) -> pa.Table:
@@ -91,24 +146,53 @@ def read_file(uri: str) -> pa.Table:
     return table.select(list(REQUIRED))
 
 
+def _scaled(values: np.ndarray, valid: np.ndarray, per_second: int) -> pa.Array:
+    """Integer epoch values in 1/per_second units -> us; null outside [1970, 2100).
+
+    The range is checked before scaling, so no value can overflow int64 on the way to us.
+    """
+    ok = valid & (values >= 0) & (values < MAX_TS_S * per_second)
+    safe = np.where(ok, values, 0).astype(np.int64)
+    us = safe * (1_000_000 // per_second) if per_second <= 1_000_000 else \
+        safe // (per_second // 1_000_000)
+    return pa.array(us, mask=~ok)
+
+
+def _float_seconds(values: np.ndarray) -> pa.Array:
+    """Float epoch seconds (NaN where missing) -> us; null when not finite or outside the range."""
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(values) & (values >= 0) & (values < MAX_TS_S)
+    return pa.array(np.where(ok, values * 1e6, 0).astype(np.int64), mask=~ok)
+
+
+def _numpy(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values with nulls as 0, validity) of a numeric Arrow array."""
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    return pc.fill_null(col, 0).to_numpy(zero_copy_only=False), valid
+
+
 def parse_ts(col: pa.ChunkedArray) -> pa.Array:
-    """ts -> int64 microseconds since the epoch, UTC; null where missing or unparseable."""
+    """ts -> int64 microseconds since the epoch, UTC; null where missing, unparseable or outside
+    [1970-01-01, 2100-01-01) (e.g. epoch milliseconds read as seconds)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = col.type
     if pa.types.is_null(t):  # a column with no value at all (e.g. an empty CSV column)
         return pa.nulls(len(col), pa.int64())
     if pa.types.is_timestamp(t):
-        # Naive timestamps are read as UTC; zoned ones are stored as UTC instants already.
-        return pc.cast(col, pa.timestamp("us", tz=t.tz), safe=False).view(pa.int64())
-    if pa.types.is_date(t):
-        return pc.multiply(pc.cast(pc.cast(col, pa.date32()), pa.int32()).cast(pa.int64()),
-                           US_PER_DAY)
+        # The stored int64 is the UTC instant in the column's unit, zoned or naive (read as UTC).
+        values, valid = _numpy(col.view(pa.int64()))
+        per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
+        return _scaled(values, valid, per_second)
+    if pa.types.is_date32(t):
+        values, valid = _numpy(col.view(pa.int32()))
+        return _scaled(values.astype(np.int64) * 86_400, valid, 1)
+    if pa.types.is_date64(t):
+        values, valid = _numpy(col.view(pa.int64()))
+        return _scaled(values, valid, 1_000)
     if pa.types.is_integer(t):
-        return pc.multiply(pc.cast(col, pa.int64()), 1_000_000)
+        return _scaled(*_numpy(col), 1)
     if pa.types.is_floating(t):
-        values = col.to_numpy(zero_copy_only=False)
-        ok = np.isfinite(values)
-        return pa.array(np.where(ok, values * 1e6, 0).astype(np.int64), mask=~ok)
+        return _float_seconds(col.to_numpy(zero_copy_only=False).astype(np.float64))
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         import pandas as pd
 
@@ -116,11 +200,37 @@ def parse_ts(col: pa.ChunkedArray) -> pa.Array:
         numeric = pd.to_numeric(s, errors="coerce")
         stamps = pd.to_datetime(s.where(numeric.isna()), utc=True, errors="coerce",
                                 format="ISO8601")
-        us = stamps.dt.as_unit("us").astype("int64")
-        us = us.where(stamps.notna(), numeric * 1e6)
-        ok = us.notna().to_numpy()
-        return pa.array(np.where(ok, us.fillna(0).to_numpy(), 0).astype(np.int64), mask=~ok)
+        # ISO strings through the timestamp branch (its range check), numeric ones as seconds.
+        from_iso = parse_ts(pa.array(stamps))
+        from_num = _float_seconds(numeric.to_numpy(dtype=np.float64, na_value=np.nan))
+        return pc.if_else(stamps.notna().to_numpy(), from_iso, from_num)
     raise InputError(f"interactions column ts has unsupported type {t}")
+
+
+def ts_unit_hint(col: pa.ChunkedArray, bad: np.ndarray) -> str:
+    """What the bad numeric ts values would be in a larger unit, if that puts them in range."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        return "the timestamps themselves are outside the range"
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        import pandas as pd
+
+        values = pd.to_numeric(pd.Series(col.to_pylist(), dtype="object"), errors="coerce")
+        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        values = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+    else:
+        return ""
+    values = values[bad]
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return "they are not numbers or ISO-8601 strings"
+    median = float(np.median(values))
+    for unit, per_second in (("milliseconds", 1e3), ("microseconds", 1e6),
+                             ("nanoseconds", 1e9)):
+        if PLAUSIBLE_S <= median / per_second < MAX_TS_S:
+            return f"they look like epoch {unit} (median {median:.0f})"
+    return f"median value {median:.4g} fits no epoch unit"
 
 
 def _ids(col: pa.ChunkedArray, name: str) -> pa.Array:
@@ -142,13 +252,16 @@ def _ids(col: pa.ChunkedArray, name: str) -> pa.Array:
 
 
 def clean_events(table: pa.Table, file_index: int, item_ids: pa.Array, item_clusters: np.ndarray,
-                 after_day: int | None = None) -> tuple[pa.Table, dict, pa.Table]:
+                 after_day: int | None = None, before_day: int | None = None,
+                 ) -> tuple[pa.Table, dict, pa.Table]:
     """Drop and count what the contract drops; returns (events, counters, item positions).
 
     Item positions index `item_ids` (the items table's order), one per kept event.
 
-    events: user_id, ts (us, UTC), ord, cluster_id; rows of days <= after_day (days since the
-    epoch) are skipped, not dropped, because an incremental run has counted them already.
+    events: user_id, ts (us, UTC), ord, cluster_id. Days are days since the epoch. Rows of days
+    <= after_day are skipped (`skipped_old_days`): an incremental run has counted them already.
+    Rows of days >= before_day are held (`held_for_later`): a run for day d must not count day d
+    or later, and a later run will. Neither is a drop.
     """
     n = table.num_rows
     users, items, ts = _ids(table["user_id"], "user_id"), _ids(table["item_id"], "item_id"), \
@@ -163,6 +276,13 @@ def clean_events(table: pa.Table, file_index: int, item_ids: pa.Array, item_clus
     counts["null_item_id"] = int(null_item.sum())
     counts["null_ts"] = int((raw_null_ts & ids_ok).sum())
     counts["bad_ts"] = int((bad & ~raw_null_ts & ids_ok).sum())
+    present = int((~raw_null_ts & ids_ok).sum())
+    if counts["bad_ts"] and counts["bad_ts"] > BAD_TS_WARN_SHARE * present:
+        hint = ts_unit_hint(table["ts"], bad & ~raw_null_ts & ids_ok)
+        counts["warnings"] = [
+            f"{counts['bad_ts']} of {present} ts values are unparseable or outside "
+            f"1970-01-01..2100-01-01 ({hint}); ts must be a timestamp, an ISO-8601 string or "
+            "epoch seconds (docs/contracts.md, Inputs)"]
     if pa.types.is_integer(items.type) != pa.types.is_integer(item_ids.type):
         items, item_ids = pc.cast(items, pa.string()), pc.cast(item_ids, pa.string())
     pos = pc.index_in(items, value_set=item_ids).to_numpy(zero_copy_only=False)
@@ -171,10 +291,18 @@ def clean_events(table: pa.Table, file_index: int, item_ids: pa.Array, item_clus
     counts["unknown_item"] = int((unknown & ok).sum())
     ok &= ~unknown
     ts_np = pc.fill_null(ts, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    day = ts_np // US_PER_DAY
     if after_day is not None:
-        fresh = ts_np // US_PER_DAY > after_day
+        fresh = day > after_day
         counts["skipped_old_days"] = int((ok & ~fresh).sum())
         ok &= fresh
+    if before_day is not None:
+        later = ok & (day >= before_day)
+        counts["held_for_later"] = int(later.sum())
+        if later.any():
+            counts["held_min_day"] = int(day[later].min())
+            counts["held_max_day"] = int(day[later].max())
+        ok &= ~later
     idx = np.flatnonzero(ok)
     cluster = item_clusters[np.where(ok, pos, 0).astype(np.int64)[idx]]
     events = pa.table({
@@ -220,14 +348,16 @@ def _item_counts(events: pa.Table, pos: np.ndarray, item_text: pa.Array,
 
 def merge_counts(total: dict, part: dict) -> dict:
     for k, v in part.items():
-        if k in ("min_day", "max_day"):
-            total[k] = (min if k == "min_day" else max)(total.get(k, v), v)
+        if k.endswith(("min_day", "max_day")):
+            total[k] = (min if k.endswith("min_day") else max)(total.get(k, v), v)
+        elif k == "warnings":
+            total[k] = (total.get(k, []) + v)[:MAX_WARNINGS]
         elif k != "user_type":
             total[k] = total.get(k, 0) + v
     return total
 
 
-def read_batch(batch, items_table, after_day, env):
+def read_batch(batch, items_table, after_day, env, before_day=None):
     """Read a run of consecutive files in one task: fewer, larger blocks and less scheduling."""
     os.environ.update(env)
     ids = _ids(items_table["item_id"], "item_id")
@@ -238,7 +368,8 @@ def read_batch(batch, items_table, after_day, env):
     try:
         for file_index, uri in batch:
             events, part, items = clean_events(read_file(uri), file_index, ids, clusters,
-                                               after_day)
+                                               after_day, before_day)
+            part["warnings"] = [f"{uri}: {w}" for w in part.get("warnings", [])]
             merge_counts(counts, part)
             parts.append(events)
             item_parts.append(_item_counts(events, items, text, clusters))
@@ -251,7 +382,8 @@ def read_batch(batch, items_table, after_day, env):
     return counts, events, pa.concat_tables(item_parts)
 
 
-def read_events(interactions: str, items_table: pa.Table, after_day: int | None = None) -> Events:
+def read_events(interactions: str, items_table: pa.Table, after_day: int | None = None,
+                before_day: int | None = None) -> Events:
     """Launch read tasks over runs of files (path order); InputError on an unusable file."""
     import ray
 
@@ -263,7 +395,7 @@ def read_events(interactions: str, items_table: pa.Table, after_day: int | None 
     indexed = list(enumerate(files))
     batches = [indexed[k * len(files) // n_tasks:(k + 1) * len(files) // n_tasks]
                for k in range(n_tasks)]
-    outs = [read.remote(b, items_ref, after_day, env) for b in batches]
+    outs = [read.remote(b, items_ref, after_day, env, before_day) for b in batches]
     stats = ray.get([o[0] for o in outs])
     errors = [s["error"] for s in stats if "error" in s]
     if errors:

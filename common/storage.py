@@ -1,8 +1,10 @@
 """The one place that turns a path into a filesystem, and the layout of everything under `root`.
 
-Local paths and `s3://bucket/prefix` both work. S3 goes through s3fs, which honours the standard
-`AWS_ENDPOINT_URL` and credentials variables (that is how tests reach moto's server); pyarrow and
-Ray Data get the same s3fs wrapped as a pyarrow filesystem. The layout follows SYSTEM.md.
+Local paths (also as `file://` URIs) and `s3://bucket/prefix` work; any other scheme (gs://,
+hdfs://) is a ConfigError rather than a local folder named after it. S3 goes through s3fs, which
+honours the standard `AWS_ENDPOINT_URL` and credentials variables (that is how tests reach moto's
+server); pyarrow and Ray Data get the same s3fs wrapped as a pyarrow filesystem. The layout follows
+SYSTEM.md.
 """
 
 from __future__ import annotations
@@ -15,9 +17,27 @@ from typing import Any
 import fsspec
 import pyarrow.fs as pafs
 
+from common.config import ConfigError
+
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://") or uri.startswith("s3a://")
+
+
+def local_path(uri: str) -> str:
+    """The absolute local path of a path or file:// URI; ConfigError for any other scheme.
+
+    Without the check `gs://b/x` would silently become the local folder `./gs:/b/x`.
+    """
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+        if not uri.startswith("/"):  # file://host/path: only the local host is supported
+            raise ConfigError(f"file URI must be file:///absolute/path, got {'file://' + uri!r}")
+    elif "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise ConfigError(f"unsupported storage scheme {scheme + '://'!r} in {uri!r}: use a local "
+                          "path, file:///path or s3://bucket/prefix")
+    return os.path.abspath(os.path.expanduser(uri))
 
 
 def join(root: str, *parts: str) -> str:
@@ -29,7 +49,7 @@ def join(root: str, *parts: str) -> str:
 
 
 def fsspec_for(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(fsspec filesystem, path inside it) for a local path or an s3:// URI."""
+    """(fsspec filesystem, path inside it) for a local path, a file:// or an s3:// URI."""
     if is_s3(uri):
         import s3fs
 
@@ -37,8 +57,7 @@ def fsspec_for(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
         fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
         return fs, uri.split("://", 1)[1]
-    path = os.path.abspath(os.path.expanduser(uri))
-    return fsspec.filesystem("file"), path
+    return fsspec.filesystem("file"), local_path(uri)
 
 
 def arrow_fs_for(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -46,7 +65,7 @@ def arrow_fs_for(uri: str) -> tuple[pafs.FileSystem, str]:
     if is_s3(uri):
         fs, path = fsspec_for(uri)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    return pafs.LocalFileSystem(), local_path(uri)
 
 
 def exists(uri: str) -> bool:

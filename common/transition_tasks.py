@@ -5,10 +5,12 @@ shuffles add overhead to numpy work that itself takes seconds (docs/benchmarks.m
 ~2.4-3x one DuckDB query with Ray Data, ~1.2-2x here). Here the same dataflow is three waves of
 tasks whose outputs stay in the object store and are passed by reference:
 
-  read  (one task per run of files): clean, then split by user shard and by day bucket
+  read  (one task per run of files): clean (days in (after_day, before_day) only), then split by
+                                     user shard and by day bucket
   shard (one task per user shard):   sequence work of common/sequences.py, write the state file,
                                      split the partial counts by day bucket
-  write (one task per day bucket):   sum the partial counts of its days, write one file per day
+  write (one task per day bucket):   sum the partial counts of its days, write one file per day;
+                                     return the days written (transitions, and item counts apart)
 
 Only counters and a per-day summary reach the driver; each user's events meet in one shard task.
 """
@@ -43,8 +45,8 @@ def _to_users(table: pa.Table, user_type: pa.DataType) -> pa.Table:
     return table.set_column(0, "user_id", pc.cast(table["user_id"], user_type))
 
 
-def _read_split(batch, items_table, after_day, env, n, q):
-    counts, events, items = read_batch(batch, items_table, after_day, env)
+def _read_split(batch, items_table, after_day, before_day, env, n, q):
+    counts, events, items = read_batch(batch, items_table, after_day, env, before_day)
     if events is None:
         return [counts] + [None] * (n + q)
     by_user = split_by(events, user_shard(events["user_id"], n), n)
@@ -94,18 +96,22 @@ def _write(root, env, n_counts, *pieces):
         write_day_file(table, storage.join(storage.transitions_dir(root), f"day={day}"))
         rows.append((day, table.num_rows, pc.sum(table["count"]).as_py()))
     items = pa.concat_tables(pieces[n_counts:])
+    item_days = []
     for part in _by_day(items) if items.num_rows else []:
         table = sum_items_day(part)
-        write_day_file(table, storage.join(items_dir(root), f"day={table['day'][0].as_py()}"))
+        item_days.append(table["day"][0].as_py())
+        write_day_file(table, storage.join(items_dir(root), f"day={item_days[-1]}"))
     return pa.table({"day": pa.array([r[0] for r in rows], pa.date32()),
                      "rows": pa.array([r[1] for r in rows], pa.int64()),
-                     "transitions": pa.array([r[2] for r in rows], pa.int64())})
+                     "transitions": pa.array([r[2] for r in rows], pa.int64())}), item_days
 
 
 def count_with_tasks(ray, interactions: str, items: pa.Table, after_day: int | None,
-                     state_uri: str | None, state_type: str | None, root: str, state_dir: str,
-                     n: int, env: dict) -> tuple[dict, pa.Table | None, bool]:
-    """(read counters, per-day summary or None when no event is new, whether ids are text)."""
+                     before_day: int | None, state_uri: str | None, state_type: str | None,
+                     root: str, state_dir: str, n: int, env: dict,
+                     ) -> tuple[dict, pa.Table | None, bool, set]:
+    """(read counters, per-day summary or None when no event is new, whether ids are text,
+    the days whose item counts were written)."""
     files = list_input_files(interactions)
     q = n  # day buckets of the write wave
     n_tasks = min(len(files), 4 * max(1, int(ray.cluster_resources().get("CPU", 1))))
@@ -114,7 +120,7 @@ def count_with_tasks(ray, interactions: str, items: pa.Table, after_day: int | N
                for k in range(n_tasks)]
     items_ref = ray.put(items.select(["item_id", "cluster_id"]))
     read = ray.remote(num_returns=1 + n + q)(_read_split)
-    outs = [read.remote(b, items_ref, after_day, env, n, q) for b in batches]
+    outs = [read.remote(b, items_ref, after_day, before_day, env, n, q) for b in batches]
     stats = ray.get([o[0] for o in outs])
     errors = [s["error"] for s in stats if "error" in s]
     if errors:
@@ -126,7 +132,7 @@ def count_with_tasks(ray, interactions: str, items: pa.Table, after_day: int | N
         raise InputError(f"interactions hold no rows: {interactions}")
     string_users = any(s["user_type"] == "string" for s in stats) or state_type == "string"
     if counts.get("events", 0) == 0:
-        return counts, None, string_users
+        return counts, None, string_users, set()
     user_type = pa.string() if string_users else pa.int64()
     reshard = ray.remote(num_returns=n)(_reshard)
     pieces = []
@@ -148,7 +154,9 @@ def count_with_tasks(ray, interactions: str, items: pa.Table, after_day: int | N
     for k in range(n):
         got = shard.remote(k, state_dir, env, q, user_type, *[p[k] for p in pieces])
         partial.append(got if q > 1 else [got])
-    write = ray.remote(_write)
+    write = ray.remote(num_returns=2)(_write)
     written = [write.remote(root, env, len(partial), *[p[b] for p in partial],
                             *[o[1 + n + b] for o in outs]) for b in range(q)]
-    return counts, pa.concat_tables(ray.get(written)), string_users
+    days = ray.get([w[0] for w in written])
+    item_days = {d for w in ray.get([w[1] for w in written]) for d in w}
+    return counts, pa.concat_tables(days), string_users, item_days

@@ -3,21 +3,30 @@
 Per user: order events by (ts, input order), collapse consecutive repeats, and count every
 (s[i-2], s[i-1], s[i]) whose s[i] is novel, on the UTC day of the event that produced s[i].
 
-Shape of the job (engine `dataset`): Ray tasks read the files (a run of files per
+Shape of the job (engine `dataset`, the default): Ray tasks read the files (a run of files per
 task, keeping each row's input order, common/inputs.py) into a Ray Dataset; a shard column
 `hash(user) % P`; `groupby("shard").map_groups(...)` so each call gets every event of about 1/P of
 the users and does the sequence work vectorised with numpy (common/sequences.py); then a second
 groupby by day sums the per-shard partial counts and writes one file per day. Both groupbys use
 Ray Data's task-based sort shuffle: the default hash shuffle's aggregator actors cost tens of
-seconds on 2 cores. Engine `tasks` (the default, common/transition_tasks.py) runs the same
-dataflow as plain Ray tasks: ~1.5x faster end to end on 10M events and 2 cores, and a few
-seconds less per small incremental run (what jobs.pipeline does every tick). Both give the same
-counts (tests/integration/aggregate). Nothing but small summaries reaches the driver.
+seconds on 2 cores. Engine `tasks` (common/transition_tasks.py) runs the same dataflow as plain
+Ray tasks: ~1.5x faster end to end on 10M events and 2 cores, and a few seconds less per small
+incremental run (what jobs.pipeline does every tick). Both give the same counts
+(tests/integration/aggregate). Nothing but small summaries reaches the driver.
 
 Incremental: each shard also writes its users' last two clusters (after collapsing) under
 `<root>/stats/state/`. A later run reads only events of days after the last processed day,
 prepends each user's state as two pseudo-events that sort first, and so produces exactly the
 counts a full run would, without touching old days.
+
+Bounded by `as_of` (what `jobs.pipeline tick --as-of D` sets): only days before D are counted.
+Events of D or later (today's partial day at a 02:30 tick, a client clock stamped 2030) are held:
+left in the log, reported as `held_for_later`, and neither `last_day` nor the per-user state moves
+past them, so a later run counts them exactly once. Without as_of every event counts, as before.
+
+A full run (aggregate.incremental=false, or no meta.json) replaces the day folders it writes and
+removes the ones it did not, and the old state, only after it succeeded: bad input leaves the
+previous counts and meta.json as they were.
 """
 
 from __future__ import annotations
@@ -110,14 +119,16 @@ def _cast_users(batch: pa.Table) -> pa.Table:
 
 
 def _count_with_dataset(ray, cfg: Config, items: pa.Table, meta: dict | None,
-                        after_day: int | None, state_dir: str, n: int, env: dict):
+                        after_day: int | None, before_day: int | None, state_dir: str, n: int,
+                        env: dict):
     """The Ray Data engine: groupby(shard).map_groups, then groupby(day).map_groups writes."""
     root = cfg.root
-    events = read_events(cfg.inputs.interactions, items, after_day=after_day)
+    events = read_events(cfg.inputs.interactions, items, after_day=after_day,
+                         before_day=before_day)
     counts = events.counts
     string_users = events.user_type == pa.string() or (meta or {}).get("user_type") == "string"
     if counts.get("events", 0) == 0:
-        return counts, None, string_users
+        return counts, None, string_users, set()
     ds = events.ds
     if string_users and events.user_type != pa.string():
         ds = ds.map_batches(_cast_users, batch_format="pyarrow", batch_size=None)
@@ -141,8 +152,9 @@ def _count_with_dataset(ray, cfg: Config, items: pa.Table, meta: dict | None,
         written = (partial.groupby("day", num_partitions=by_day)
                    .map_groups(_write_transitions_day, fn_kwargs={"root": root, "env": env},
                                batch_format="pyarrow").to_arrow_refs())
-        items_done.result()
-    return counts, pa.concat_tables(ray.get(written)), string_users
+        items_days = items_done.result().to_arrow_refs()
+    item_days = {d for t in ray.get(items_days) for d in t["day"].to_pylist()}
+    return counts, pa.concat_tables(ray.get(written)), string_users, item_days
 
 
 @contextlib.contextmanager
@@ -178,6 +190,28 @@ def write_drift_report(cfg: Config) -> dict:
     return report
 
 
+def remove_stale(root: str, version: str, transition_days: set, item_days: set) -> None:
+    """After a full run succeeded: the day folders it did not write and every other state version.
+
+    A full run owns everything under stats/, so no stale day may survive it; but it removes them
+    only now, so that a run that failed on bad input lost nothing.
+    """
+    for folder, days in ((storage.transitions_dir(root), transition_days),
+                         (items_dir(root), item_days)):
+        keep = {f"day={d}" for d in days}
+        for name in storage.list_dirs(folder):
+            if name not in keep:
+                storage.remove(storage.join(folder, name))
+    state = storage.aggregate_state_dir(root)
+    for name in storage.list_dirs(state):
+        if name != version:
+            storage.remove(storage.join(state, name))
+
+
+def _day(days: int) -> str:
+    return (EPOCH + dt.timedelta(days=days)).isoformat()
+
+
 def run(cfg: Config) -> dict:
     from common.rayinit import init_ray
 
@@ -186,13 +220,9 @@ def run(cfg: Config) -> dict:
     phases = {"ray_init": round(time.time() - started, 1)}
     root, ac = cfg.root, cfg.aggregate
     meta = _read_meta(root) if ac.incremental else None
-    if meta is None:
-        # A full run owns everything under stats/: start clean so no stale day survives.
-        for folder in (storage.transitions_dir(root), items_dir(root),
-                       storage.aggregate_state_dir(root)):
-            storage.remove(folder)
     after_day = (dt.date.fromisoformat(meta["last_day"]) - EPOCH).days if meta else None
-    items = read_items(cfg.inputs.items)
+    before_day = (cfg.as_of - EPOCH).days if cfg.as_of else None
+    items = read_items(cfg.inputs.items, cfg.inputs.clusters)
     env = storage_env()
     n = ac.num_partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
     version = f"v-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -203,20 +233,28 @@ def run(cfg: Config) -> dict:
 
         state_uri = (storage.join(storage.aggregate_state_dir(root), meta["version"])
                      if meta else None)
-        counts, written, string_users = count_with_tasks(
-            ray, cfg.inputs.interactions, items, after_day, state_uri,
+        counts, written, string_users, item_days = count_with_tasks(
+            ray, cfg.inputs.interactions, items, after_day, before_day, state_uri,
             (meta or {}).get("user_type"), root, state_dir, n, env)
     else:
         with _sort_shuffle(ray):
-            counts, written, string_users = _count_with_dataset(
-                ray, cfg, items, meta, after_day, state_dir, n, env)
+            counts, written, string_users, item_days = _count_with_dataset(
+                ray, cfg, items, meta, after_day, before_day, state_dir, n, env)
+    for warning in counts.get("warnings", []):
+        log.warning(warning)
     summary = {"mode": "incremental" if meta else "full", "engine": ac.engine,
+               "as_of": cfg.as_of.isoformat() if cfg.as_of else None,
                "events_read": counts.get("rows", 0), "events_used": counts.get("events", 0),
                "files": counts["files"],
                "dropped": {k: counts.get(k, 0) for k in
                            ("null_user_id", "null_item_id", "null_ts", "bad_ts", "unknown_item")},
                "skipped_old_days": counts.get("skipped_old_days", 0),
+               "held_for_later": counts.get("held_for_later", 0),
                "days_processed": 0, "transitions_written": 0, "rows_written": 0}
+    if counts.get("held_for_later"):
+        summary["held_days"] = [_day(counts["held_min_day"]), _day(counts["held_max_day"])]
+    if counts.get("warnings"):
+        summary["warnings"] = counts["warnings"]
     if written is not None:
         last_day = EPOCH + dt.timedelta(days=counts["max_day"])
         # The pointer moves only after every day and every state shard is written.
@@ -226,10 +264,20 @@ def run(cfg: Config) -> dict:
                             "user_type": "string" if string_users else "int"})
         if old:
             storage.remove(storage.join(storage.aggregate_state_dir(root), old))
+        else:
+            remove_stale(root, version, set(written["day"].to_pylist()), item_days)
+        today = dt.datetime.now(dt.UTC).date()
+        if cfg.as_of is None and last_day > today:
+            log.warning("events up to %s are stamped after today (%s): later runs skip every day "
+                        "up to %s; set as_of (jobs.pipeline tick --as-of) to hold them",
+                        last_day, today, last_day)
         summary.update(days_processed=written.num_rows,
                        rows_written=int(pc.sum(written["rows"]).as_py() or 0),
                        transitions_written=int(pc.sum(written["transitions"]).as_py() or 0),
                        last_day=last_day.isoformat())
+    elif meta is None and storage.list_dirs(storage.transitions_dir(root)):
+        log.warning("full run counted no event: the previous counts under %s are kept",
+                    storage.transitions_dir(root))
     phases["count_and_write"] = round(time.time() - t0, 1)
     t0 = time.time()
     drift = write_drift_report(cfg)
@@ -243,9 +291,14 @@ def run(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(
         "python -m jobs.aggregate",
-        "Count daily novel cluster transitions per SYSTEM.md with Ray Data, incrementally.",
+        "Count daily novel cluster transitions per SYSTEM.md with Ray Data, incrementally. "
+        "With as_of=D (set by jobs.pipeline tick --as-of D) only days before D are counted; "
+        "events of D or later stay in the log for a later run and are reported as "
+        "held_for_later. A full run (aggregate.incremental=false) replaces the previous counts "
+        "only once it has succeeded.",
         reads="inputs.interactions (Parquet or CSV, file or folder, local or s3://), "
-        "inputs.items; <root>/stats/state/ (the carried per-user state) when incremental",
+        "inputs.items, inputs.clusters (when it exists: every cluster_id of the items must be "
+        "in it); <root>/stats/state/ (the carried per-user state) when incremental",
         writes="<root>/stats/transitions/day=YYYY-MM-DD/part-0.parquet (day, c1, c2, c3, count), "
         "<root>/stats/items/day=YYYY-MM-DD/part-0.parquet (day, cluster_id, item_id, count), "
         "<root>/stats/state/, <root>/reports/<report>/drift.json and drift.png",
