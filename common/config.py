@@ -73,7 +73,9 @@ class AggregateConfig(Section):
         None, description="User shards of the per-user shuffle (None: 2 per CPU of the cluster)."
     )
     incremental: bool = Field(
-        True, description="Only process days newer than the last run, using the carried state."
+        True,
+        description="Only process days newer than the last run, using the carried state "
+        "(false: a full recount, which replaces the old counts only once it succeeded).",
     )
     drift_window_days: int = Field(30, ge=1, description="Window of the month-over-month drift.")
     drift_min_support: int = Field(
@@ -351,6 +353,17 @@ class Config(Section):
                 setattr(self.inputs, name, value.replace("{root}", root))
         return self
 
+    @model_validator(mode="after")
+    def _rag_within_snapshot(self) -> Config:
+        # Inference reads the stored snapshot's top_n rows: more could not be named at serving.
+        if self.prompt.rag_top > self.retrieval.top_n:
+            raise ValueError(
+                f"prompt.rag_top={self.prompt.rag_top} names more successors than the retrieval "
+                f"snapshot keeps (retrieval.top_n={self.retrieval.top_n}): raise "
+                "retrieval.top_n or lower prompt.rag_top"
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says what to fix."""
@@ -408,7 +421,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return Config.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            # A whole-config check (a model validator) has no key of its own: its text names them.
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
+            for err in e.errors()
         )
         raise ConfigError(f"invalid config: {problems}") from None
 

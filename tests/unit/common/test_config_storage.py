@@ -26,6 +26,8 @@ def test_defaults_file_then_overrides_in_order(tmp_path):
         (["nosuch=1"], "nosuch"),
         (["infer=3"], "infer"),
         (["retrieval.window_days=abc"], "retrieval.window_days"),
+        # Inference could name only the snapshot's top_n successors.
+        (["prompt.rag_top=3", "retrieval.top_n=2"], "prompt.rag_top=3 names more successors"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(overrides, named):
