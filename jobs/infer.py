@@ -682,6 +682,8 @@ def run(cfg: Config) -> dict:
                 "llm_weight": inf.llm_weight if uses_rag(strategy) else None,
                 "guards": decision,
                 "metrics": {"holdout": cand_metrics, "perf": llm.get("perf")},
+                # What building this table cost (jobs.evaluate reports it per version).
+                "compute_seconds": round(time.perf_counter() - t_start, 3),
             },
         )
         summary.update(

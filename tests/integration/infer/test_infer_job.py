@@ -73,6 +73,7 @@ def test_frequency_table_equals_window_ranking(infer_root):
     assert m["strategy"] == "frequency" and m["as_of"] == str(AS_OF) and m["window_days"] == 14
     assert m["rag_snapshot_day"] == str(AS_OF) and m["guards"]["passed"]
     assert m["guards"]["hit_rate"]["n_events"] > 0
+    assert 0 < m["compute_seconds"] < result["seconds"]["total"]
 
 
 def test_crash_between_write_and_swap_keeps_current(infer_root, monkeypatch):

@@ -53,6 +53,7 @@ def test_evaluate_current_and_named_versions(root):
             "strategy": "frequency",
             "as_of": "2026-03-01",
             "guards": {"valid_rate": {"value": 0.95, "n": 20}},
+            "compute_seconds": 12.5,
         },
     )
     publish.write_version(
@@ -78,7 +79,7 @@ def test_evaluate_current_and_named_versions(root):
     assert m["hit_rate@5"] == pytest.approx(1.0)
     assert m["coverage"] == pytest.approx(4 / 10)
     assert m["valid_rate"] == pytest.approx(0.95)
-    assert m["strategy"] == "frequency"
+    assert m["strategy"] == "frequency" and m["compute_seconds"] == 12.5
 
     cfg = load_config(
         None,
