@@ -232,12 +232,9 @@ def plant_counts(root: str, days: range, successors: list[int]) -> None:
         )
 
 
-def test_adaptive_finetunes_after_the_successors_change(tmp_path):
-    root = str(tmp_path)
-    # Days 0..29 one set of successors, days 30..59 a disjoint one.
-    plant_counts(root, range(0, 30), [2, 3, 4, 5, 6])
-    plant_counts(root, range(30, 60), [7, 8, 9, 10, 11])
-    overrides = [
+def drift_overrides(root: str) -> list[str]:
+    """A 10-day fine-tune window, drift over the last 7 days, Jaccard under 0.5 fires."""
+    return [
         f"root={root}",
         "finetune.window_days=10",
         "pipeline.rag_every_days=2",
@@ -246,6 +243,14 @@ def test_adaptive_finetunes_after_the_successors_change(tmp_path):
         "pipeline.drift_min_support=5",
         "pipeline.min_finetune_gap_days=3",
     ]
+
+
+def test_adaptive_finetunes_after_the_successors_change(tmp_path):
+    root = str(tmp_path)
+    # Days 0..29 one set of successors, days 30..59 a disjoint one.
+    plant_counts(root, range(0, 30), [2, 3, 4, 5, 6])
+    plant_counts(root, range(30, 60), [7, 8, 9, 10, 11])
+    overrides = drift_overrides(root)
     adaptive = load_config(None, overrides + ["pipeline.policy=adaptive"])
     steps = FakeSteps()
     for i in range(10, 60):
@@ -278,19 +283,7 @@ def test_adaptive_plans_with_the_counts_its_own_aggregate_just_wrote(tmp_path):
             plant_counts(root, range(i, i + 1), [2, 3, 4, 5, 6] if i < 30 else [7, 8, 9, 10, 11])
             return super().aggregate(cfg)
 
-    cfg = load_config(
-        None,
-        [
-            f"root={root}",
-            "finetune.window_days=10",
-            "pipeline.rag_every_days=2",
-            "pipeline.drift_threshold=0.5",
-            "pipeline.drift_window_days=7",
-            "pipeline.drift_min_support=5",
-            "pipeline.min_finetune_gap_days=3",
-            "pipeline.policy=adaptive",
-        ],
-    )
+    cfg = load_config(None, drift_overrides(root) + ["pipeline.policy=adaptive"])
     steps = LandingSteps()
     for i in range(10, 60):
         tick(cfg, day(i), steps)
