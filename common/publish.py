@@ -84,6 +84,13 @@ def validate_table(table: pa.Table, catalog: Catalog) -> pa.Table:
     return table.sort_by([("c1", "ascending"), ("c2", "ascending"), ("rank", "ascending")])
 
 
+def run_ranks(keys: np.ndarray) -> np.ndarray:
+    """1-based rank of each row within its run of equal consecutive keys (rows sorted by key,
+    then by rank order): position minus the index where its run starts."""
+    starts = np.r_[0, np.flatnonzero(np.diff(keys)) + 1]
+    return np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)])) + 1
+
+
 def build_backoff(
     global_snapshot: pa.Table, transitions: pa.Table, catalog: Catalog, k: int
 ) -> pa.Table:
@@ -96,10 +103,7 @@ def build_backoff(
     snap = snap.filter(
         pc.and_(pc.is_in(snap["c2"], value_set=valid), pc.is_in(snap["c3"], value_set=valid))
     ).sort_by([("c2", "ascending"), ("rank", "ascending")])
-    # Rank again within each c2 (the dropped rows leave gaps): position minus its run's start.
-    c2s = snap["c2"].to_numpy()
-    starts = np.r_[0, np.flatnonzero(np.diff(c2s)) + 1]
-    rank = np.arange(len(c2s)) - np.repeat(starts, np.diff(np.r_[starts, len(c2s)])) + 1
+    rank = run_ranks(snap["c2"].to_numpy())  # again: the dropped rows leave gaps
     keep = pa.array(rank <= k)
     per_c2 = pa.table(
         {
@@ -161,10 +165,7 @@ def build_top_items(item_counts: pa.Table, n: int = 10) -> pa.Table:
         )
     )
     clusters = summed["cluster_id"].to_numpy()
-    # Rank within each cluster: position minus the index where the cluster's run starts.
-    starts = np.r_[0, np.flatnonzero(np.diff(clusters)) + 1]
-    run_start = np.repeat(starts, np.diff(np.r_[starts, len(clusters)]))
-    rank = np.arange(len(clusters)) - run_start + 1
+    rank = run_ranks(clusters)
     keep = rank <= n
     return pa.table(
         {
