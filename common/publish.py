@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from common import schemas, storage
 from common.catalog import Catalog
-from common.lookup import GLOBAL
+from common.lookup import GLOBAL, known_mask
 from common.tables_io import write_parquet
 
 BACKOFF = pa.schema(
@@ -98,10 +98,9 @@ def build_backoff(
     global top of every cluster by count of c3 in `transitions` (the window), ties by id, so the
     last backoff always has an answer for any pair. Only catalog clusters: the window can still
     hold transitions of a cluster since dropped from the catalog, which Serve could not name."""
-    valid = pa.array(catalog.ids, pa.int32())
     snap = global_snapshot.select(["c2", "rank", "c3", "score"]).cast(BACKOFF)
     snap = snap.filter(
-        pc.and_(pc.is_in(snap["c2"], value_set=valid), pc.is_in(snap["c3"], value_set=valid))
+        pc.and_(known_mask(snap["c2"], catalog), known_mask(snap["c3"], catalog))
     ).sort_by([("c2", "ascending"), ("rank", "ascending")])
     rank = run_ranks(snap["c2"].to_numpy())  # again: the dropped rows leave gaps
     keep = pa.array(rank <= k)
