@@ -221,7 +221,9 @@ def save_state(root: str, state: dict) -> None:
     write_json(pipeline_state(root), state)
 
 
-def _day(value: str | None) -> dt.date | None:
+def last_day(state: dict, step: str) -> dt.date | None:
+    """The day of the state's `last_finetune` / `last_refresh`, None before the first."""
+    value = (state.get(step) or {}).get("day")
     return dt.date.fromisoformat(value) if value else None
 
 
@@ -263,7 +265,7 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
     """{step: reason} of what is due on `day`, from the state before the tick."""
     pcfg = cfg.pipeline
     plan = {"aggregate": "new days"}
-    last_ft = _day(state.get("last_finetune", {}) and state["last_finetune"].get("day"))
+    last_ft = last_day(state, "last_finetune")
     jaccard = weak = None
     if pcfg.policy == "adaptive" and last_ft is not None:
         from common.transitions import read_transitions
@@ -281,7 +283,7 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
         warn_drift_unmeasured(pcfg, day)
     if due:
         plan["finetune"] = reason if jaccard is None else f"{reason} (jaccard={jaccard:.3f})"
-    last_refresh = _day(state.get("last_refresh", {}) and state["last_refresh"].get("day"))
+    last_refresh = last_day(state, "last_refresh")
     if due:
         plan["refresh"] = "after fine-tune"
     elif last_ft is not None and (last_refresh is None or last_refresh < last_ft):
@@ -304,7 +306,7 @@ def calendar_refresh_after(failed: dict, cfg: Config, state: dict, day: dt.date)
         return False
     if uses_adapter(cfg.infer.strategy) and not state.get("last_finetune"):
         return False
-    last = _day(state.get("last_refresh", {}) and state["last_refresh"].get("day"))
+    last = last_day(state, "last_refresh")
     return refresh_due(last, day, cfg.pipeline.rag_every_days)
 
 
