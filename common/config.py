@@ -310,7 +310,8 @@ class PipelineConfig(Section):
     work_root: str | None = Field(
         None,
         description="Replay: where tables and adapters are built (None: reports/<report>/work). "
-        "Replays sharing one reuse its adapters (one per fine-tune day and fine-tune config).",
+        "Replays sharing one reuse its adapters and tables (one per day, settings and source "
+        "counts: rewritten counts or catalog are rebuilt). Run one replay at a time per work root.",
     )
 
 

@@ -122,6 +122,21 @@ def list_dirs(uri: str) -> list[str]:
     )
 
 
+def file_stamps(uri: str) -> dict[str, str]:
+    """Every file under uri (or uri itself) -> "size:stamp", the stamp being S3's ETag or the
+    local mtime: a cheap fingerprint of what a folder holds, so caches notice rewritten inputs."""
+    fs, path = fsspec_for(uri)
+    if not fs.exists(path):
+        return {}
+    infos = {path: fs.info(path)} if fs.isfile(path) else fs.find(path, detail=True)
+    base = path.rstrip("/")
+    out = {}
+    for name, info in infos.items():
+        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+        out[name[len(base):].lstrip("/")] = f"{info.get('size')}:{stamp}"
+    return out
+
+
 def remove(uri: str) -> None:
     fs, path = fsspec_for(uri)
     if fs.exists(path):

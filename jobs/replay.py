@@ -38,6 +38,7 @@ from common.lookup import Lookup
 from common.storage import (
     arrow_fs_for,
     exists,
+    file_stamps,
     join,
     list_dirs,
     read_current,
@@ -154,10 +155,11 @@ def without_later_defaults(section, later: dict) -> dict:
 class Replayer:
     """Builds (and caches) snapshots, adapters and tables in the work root, timing each.
 
-    Adapters are recorded in `<work>/replay_adapters.json` under the fine-tune day and a key of
+    Adapters are recorded in `<work>/replay_adapters.json` under the fine-tune day, a key of
     the settings that decide what is learned (FinetuneConfig.learning_settings, the model, the
-    prompt), so replays that share a work root train each one once (an adapter for day f reads
-    only [f - W, f): valid for any replay that serves days >= f).
+    prompt, the retrieval) and the source's fingerprint (`source_key`), so replays that share a
+    work root train each one once (an adapter for day f reads only days < f: valid for any
+    replay that serves days >= f, until those days' counts or the catalog change).
     """
 
     def __init__(self, cfg: Config, work: str):
@@ -181,10 +183,31 @@ class Replayer:
                     cfg.finetune.learning_settings(),
                     cfg.model.name_or_path,
                     cfg.prompt.model_dump(mode="json"),
+                    cfg.retrieval.model_dump(mode="json"),  # the RAG lines of the examples
                 ],
                 sort_keys=True,
             ).encode()
         ).hexdigest()[:12]
+        # What the source holds, listed once: a re-aggregated day or an edited catalog changes
+        # the key of every build that reads it, so a shared work root never serves stale builds.
+        self.source = {
+            sub: file_stamps(join(cfg.root, "stats", sub)) for sub in ("transitions", "items")
+        }
+        self.catalog_stamps = file_stamps(cfg.inputs.clusters)
+
+    def source_key(self, day: dt.date) -> str:
+        """Fingerprint of what a build for `day` reads from the source root: the count files of
+        the days < day (by size and mtime or ETag) and the cluster catalog."""
+        before = {
+            sub: sorted(
+                (name, stamp)
+                for name, stamp in stamps.items()
+                if name.startswith("day=") and name.split("/", 1)[0][4:] < day.isoformat()
+            )
+            for sub, stamps in self.source.items()
+        }
+        parts = [before, sorted(self.catalog_stamps.items())]
+        return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def snapshot(self, day: dt.date) -> float:
         """Build the retrieval snapshot for day once; seconds it took (charged to its users)."""
@@ -198,7 +221,7 @@ class Replayer:
 
     def adapter(self, day: dt.date) -> tuple[str, float]:
         """(adapter dir, seconds) of the fine-tune on [day - W, day), trained once."""
-        entry = f"{day.isoformat()}/{self.key}"
+        entry = f"{day.isoformat()}/{self.key}/{self.source_key(day)}"
         if entry not in self.index:
             from jobs import finetune
 
@@ -214,7 +237,7 @@ class Replayer:
         from jobs import infer
 
         cfg = with_overrides(self.cfg, as_of=day, infer__strategy=strategy, infer__adapter=adapter)
-        key = table_key(cfg)
+        key = f"{table_key(cfg)}/{self.source_key(day)}"
         if key in self.tables and exists(join(self.work, "tables", self.tables[key]["version"])):
             hit = self.tables[key]
             return hit["version"], float(hit["seconds"]), {"cached": True}

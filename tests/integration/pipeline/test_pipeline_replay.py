@@ -69,6 +69,10 @@ def test_replay_has_no_leakage(sim_copy):
     plant(root, D - dt.timedelta(days=1), c1, c2, target, 100_000)
     replay(cfg.model_copy(update={"report": "past"}), D, D + dt.timedelta(days=2), ["frequency"])
     assert served_on(root, "past", "frequency", D).answer(c1, c2, 10)[1][0][0] == target
+    # The first replay's work root cached its table for D before the plant: replaying into that
+    # root again rebuilds the table from the changed counts instead of serving the cached one.
+    replay(cfg.model_copy(update={"report": "clean"}), D, D + DAY, ["frequency"])
+    assert served_on(root, "clean", "frequency", D).answer(c1, c2, 10)[1][0][0] == target
 
 
 def test_replay_strategies_share_adapters_and_write_the_report(sim_copy):

@@ -212,3 +212,42 @@ def test_table_cache_key_leaves_out_later_settings_only_at_their_old_behaviour(m
     # A strategy whose table the weight does not touch keeps one key whatever the weight.
     ft = with_overrides(cfg, infer__strategy="ft")
     assert table_key(with_overrides(ft, infer__llm_weight=0.3)) == table_key(ft)
+
+
+def test_replay_cache_keys_follow_the_source_counts_and_catalog(tmp_path):
+    """A shared work root must not serve builds made from counts or names since rewritten:
+    the source key of day d changes with any count file of a day < d or the catalog, and not
+    with later days (so an incremental aggregate keeps every earlier build cached)."""
+    from common.tables_io import write_parquet
+    from jobs.replay import Replayer
+
+    root = str(tmp_path / "src")
+    cfg = load_config(None, [f"root={root}"])
+
+    def counts(d: dt.date, n: int) -> None:
+        t = pa.Table.from_pylist([dict(day=d, c1=0, c2=1, c3=2, count=n)],
+                                 schema=schemas.TRANSITIONS)
+        write_parquet(t, f"{root}/stats/transitions/day={d.isoformat()}/part-0.parquet")
+
+    def clusters(name: str) -> None:
+        write_parquet(pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
+                                "name": [name, "b", "c"], "description": ["x", "y", "z"]},
+                               schema=schemas.CLUSTERS), cfg.inputs.clusters)
+
+    for i in range(3):
+        counts(day(i), 5)
+    clusters("a")
+    work = str(tmp_path / "work")
+    keys = {d: Replayer(cfg, work).source_key(day(d)) for d in (1, 2, 3)}
+    assert len(set(keys.values())) == 3  # each day reads one more day of counts
+
+    counts(day(3), 7)  # a later day appended: days <= 3 read nothing new
+    assert Replayer(cfg, work).source_key(day(3)) == keys[3]
+    counts(day(1), 1_000_000)  # day 1 re-aggregated: only builds for days after it change
+    again = Replayer(cfg, work)
+    assert again.source_key(day(1)) == keys[1]
+    assert again.source_key(day(2)) != keys[2]
+    clusters("renamed")  # the prompts name the clusters: every build changes
+    assert Replayer(cfg, work).source_key(day(1)) != keys[1]
+    # The adapter cache key also covers the retrieval settings the examples' RAG lines use.
+    assert Replayer(with_overrides(cfg, retrieval__window_days=7), work).key != again.key
