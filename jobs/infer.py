@@ -608,7 +608,7 @@ def run(cfg: Config) -> dict:
     cand_metrics = hit_rates(cand, held_g)
     current = storage.read_current(cfg.root)
     reg_info: dict = {"published_version": current}
-    cand_common = pub_common = None
+    cand_common = pub_common = pub_asof = None
     if current:
         manifest = storage.read_json(
             storage.join(storage.table_dir(cfg.root, current), "manifest.json")
@@ -657,7 +657,10 @@ def run(cfg: Config) -> dict:
         t_pub = time.perf_counter()
         version = publish.new_version(day, strategy)
         items, top_items = item_inputs(cfg, day)
-        publish.publish_version(
+        # A table for a day before the served one's is written (jobs.evaluate scores it) but
+        # never moves CURRENT back: a backfill or a late rerun must not roll back what is served.
+        older = pub_asof is not None and day < pub_asof
+        (publish.write_version if older else publish.publish_version)(
             cfg.root,
             version,
             table=table,
@@ -687,9 +690,18 @@ def run(cfg: Config) -> dict:
             },
         )
         summary.update(
-            published=True, version=version, current=version, publish_s=time.perf_counter() - t_pub
+            published=not older,
+            version=version,
+            current=current if older else version,
+            publish_s=time.perf_counter() - t_pub,
         )
-        if decision["override"]:
+        if older:
+            summary["reason"] = (
+                f"as_of {day} is before the served table's ({current}, as_of {pub_asof}): "
+                f"written as tables/{version}/, CURRENT unchanged"
+            )
+            log.warning("not published: %s", summary["reason"])
+        elif decision["override"]:
             log.warning(
                 "published %s although guards failed (guards.enforce=false): %s",
                 version,
@@ -728,7 +740,8 @@ def main(argv: list[str] | None = None) -> dict:
         "Guards (guards.*): valid rate of free generation >= 0.9, hit rate@10 on the last "
         "held-out days >= 0.015, no drop > 10% against the published table; a failure leaves "
         "tables/CURRENT unchanged; --set guards.enforce=false publishes anyway and records the "
-        "override in the manifest.\n"
+        "override in the manifest. A table for a day before the served table's is written but "
+        "not published (CURRENT never moves back in time).\n"
         "Speed knobs: infer.batch_size, infer.pool_size (Ray Data actors), infer.threads, "
         "infer.num_gpus. The one-line JSON result holds pairs_per_s and mfu.",
         reads="stats/transitions/, retrieval/ (or builds it), inputs.clusters, inputs.items, "

@@ -99,6 +99,22 @@ def test_crash_between_write_and_swap_keeps_current(infer_root, monkeypatch):
     assert storage.read_current(infer_root) == again["version"] != first["version"]
 
 
+def test_a_table_for_an_earlier_day_is_written_but_never_moves_current_back(infer_root):
+    later = infer.run(make_cfg(infer_root, "infer.strategy=frequency"))
+    earlier = infer.run(
+        make_cfg(infer_root, "infer.strategy=frequency", f"as_of={AS_OF - 2 * DAY}")
+    )
+    assert not earlier["published"] and earlier["current"] == later["version"]
+    assert storage.read_current(infer_root) == later["version"]
+    assert "CURRENT unchanged" in earlier["reason"]
+    # Written in full, so jobs.evaluate can score it.
+    assert manifest(infer_root, earlier["version"])["as_of"] == str(AS_OF - 2 * DAY)
+    assert Lookup.load(infer_root, earlier["version"]).version == earlier["version"]
+    # The same day again is a rerun, not a step back: it publishes.
+    same = infer.run(make_cfg(infer_root, "infer.strategy=frequency"))
+    assert same["published"] and storage.read_current(infer_root) == same["version"]
+
+
 @pytest.mark.ray
 def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, tiny_model_dir):
     """A random tiny model fails the valid-rate guard; enforce=false publishes anyway and the
