@@ -102,6 +102,26 @@ def write_text(uri: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def create_new(uri: str, text: str) -> bool:
+    """Write uri only when nothing is there, in one atomic step (O_EXCL locally, If-None-Match
+    on S3): True when this call created it, False when it already existed. What a lock needs."""
+    fs, path = fsspec_for(uri)
+    if is_s3(uri):
+        try:
+            fs.pipe_file(path, text.encode(), mode="create")
+        except FileExistsError:
+            return False
+        return True
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
 def read_json(uri: str) -> Any:
     return json.loads(read_text(uri))
 
@@ -186,6 +206,10 @@ def report_dir(root: str, report: str) -> str:
 
 def pipeline_state(root: str) -> str:
     return join(root, "pipeline", "state.json")
+
+
+def tick_lock(root: str) -> str:
+    return join(root, "pipeline", "tick.lock")
 
 
 def read_current(root: str) -> str | None:

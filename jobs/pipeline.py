@@ -18,10 +18,13 @@ over logged history (see jobs/replay.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
 import math
+import os
+import socket
 import sys
 import time
 import traceback
@@ -31,7 +34,16 @@ import pyarrow as pa
 
 from common.cli import InputError, config_from_args, job_parser, setup_logging
 from common.config import Config, ConfigError, PipelineConfig
-from common.storage import exists, pipeline_state, read_current, read_json, write_json
+from common.storage import (
+    create_new,
+    exists,
+    pipeline_state,
+    read_current,
+    read_json,
+    remove,
+    write_json,
+)
+from common.storage import tick_lock as tick_lock_uri
 from jobs.infer import uses_adapter
 
 log = logging.getLogger(__name__)
@@ -221,6 +233,55 @@ def save_state(root: str, state: dict) -> None:
     write_json(pipeline_state(root), state)
 
 
+def lock_holder_gone(holder: dict) -> bool:
+    """True when the lock's holder was a process on this host that no longer runs (a killed
+    tick); a holder on another host cannot be checked from here."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def tick_lock(root: str, day: dt.date):
+    """One tick at a time per root: two overlapping ticks (a slow fine-tune past the next cron
+    time, a manual tick beside the cron one) would count the same days twice and overwrite each
+    other's state. `pipeline/tick.lock` is created atomically (also on S3) and removed at the
+    end; a lock left by a killed tick on this host is taken over, any other one is an error."""
+    uri = tick_lock_uri(root)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "as_of": day.isoformat(),
+          "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    text = json.dumps(me, sort_keys=True)
+    if not create_new(uri, text):
+        try:
+            holder = read_json(uri)
+        except (FileNotFoundError, ValueError):  # released meanwhile, or being written
+            holder = {}
+        busy = InputError(
+            f"another tick holds {uri} ({json.dumps(holder, sort_keys=True)}): ticks of one "
+            "root run one at a time; wait for it, or delete the file if that tick is gone"
+        )
+        if not lock_holder_gone(holder):
+            raise busy
+        log.warning("taking over %s from a tick that is gone: %s", uri, holder)
+        remove(uri)
+        if not create_new(uri, text):  # another tick took it over first
+            raise busy
+    try:
+        yield
+    finally:
+        try:
+            if read_json(uri) == me:
+                remove(uri)
+        except (FileNotFoundError, ValueError):
+            pass
+
+
 def last_day(state: dict, step: str) -> dt.date | None:
     """The day of the state's `last_finetune` / `last_refresh`, None before the first."""
     value = (state.get(step) or {}).get("day")
@@ -311,6 +372,12 @@ def calendar_refresh_after(failed: dict, cfg: Config, state: dict, day: dt.date)
 
 
 def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
+    """Run what is due on `day`, holding the root's tick lock (see `tick_lock`)."""
+    with tick_lock(cfg.root, day):
+        return _tick(cfg, day, steps)
+
+
+def _tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
     """Run what is due on `day`; idempotent; a failed step is recorded and retried next time.
 
     The aggregate runs first and the rest is planned after it, so the adaptive policy measures
@@ -409,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
         "The hybrid cadence: `tick` runs what is due on a day; `replay` compares strategies "
         "over logged history.",
         reads="inputs.*, <root>/stats/, <root>/adapters/, <root>/pipeline/state.json",
-        writes="tick: <root>/stats, adapters, retrieval, tables (+CURRENT), pipeline/state.json; "
+        writes="tick: <root>/stats, adapters, retrieval, tables (+CURRENT), pipeline/state.json "
+        "(and pipeline/tick.lock while it runs: one tick per root at a time); "
         "replay: <root>/reports/<report>/ (metrics.json, plots, work/)",
     )
     sub = parser.add_subparsers(dest="command", required=True)

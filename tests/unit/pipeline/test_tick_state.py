@@ -363,3 +363,57 @@ def test_adaptive_refinetunes_a_weak_adapter_on_the_monthly_day(tmp_path, caplog
         "no meta.json for adapter" in r.getMessage() and "no-meta/adapters/ft-" in r.getMessage()
         for r in caplog.records
     )
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_ticks_of_one_root_run_one_at_a_time(tmp_path):
+    import json
+    import os
+    import socket
+
+    from common.storage import exists, tick_lock, write_text
+
+    cfg = load_config(None, [f"root={tmp_path}"])
+    lock = tick_lock(cfg.root)
+    steps = FakeSteps()
+    # A tick that is still running (this very process) holds the lock: refused, nothing runs.
+    running = {"host": socket.gethostname(), "pid": os.getpid(), "as_of": str(day(0))}
+    write_text(lock, json.dumps(running))
+    with pytest.raises(InputError, match="another tick holds .*tick.lock"):
+        tick(cfg, day(1), steps)
+    assert steps.calls == [] and load_state(cfg.root)["ticks"] == {}
+    # One on another host cannot be checked from here: refused too.
+    write_text(lock, json.dumps({**running, "host": "elsewhere"}))
+    with pytest.raises(InputError, match="elsewhere"):
+        tick(cfg, day(1), steps)
+    # A tick killed on this host left its lock: taken over, and the tick runs.
+    write_text(lock, json.dumps({**running, "pid": dead_pid()}))
+    assert tick(cfg, day(1), steps)["status"] == "done"
+    assert not exists(lock)  # released at the end
+    steps.fail = {"aggregate"}
+    assert tick(cfg, day(2), steps)["status"] == "failed"
+    assert not exists(lock)  # and after a failed step
+
+
+def test_the_tick_lock_is_atomic_on_s3(s3_bucket):
+    import json
+    import socket
+
+    from common.storage import create_new, read_json, tick_lock
+
+    root = f"{s3_bucket}/root"
+    assert create_new(f"{root}/x", "first") and not create_new(f"{root}/x", "second")
+    cfg = load_config(None, [f"root={root}"])
+    create_new(tick_lock(root), json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
+    steps = FakeSteps()
+    assert tick(cfg, day(0), steps)["status"] == "done" and steps.days("refresh") == [day(0)]
+    assert read_json(f"{root}/pipeline/state.json")["ticks"][str(day(0))]["status"] == "done"
