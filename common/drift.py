@@ -43,11 +43,13 @@ def drift_series(
     window = (days - first_day) // window_days
     keep = window < n_full
     cs = [transitions[c].to_numpy()[keep].astype(np.int64) for c in ("c1", "c2", "c3")]
-    low = min(int(c.min()) for c in cs) if keep.any() else 0
-    cs = [c - low for c in cs]
-    width = max(int(c.max()) for c in cs) + 1 if keep.any() else 1
+    # Dense codes in id order (ties still break by cluster id): sparse ids such as 5_000_000
+    # would otherwise make the packed key overflow.
+    ids, codes = np.unique(np.concatenate(cs), return_inverse=True)
+    cs = np.split(codes.astype(np.int64), 3)
+    width = max(len(ids), 1)
     if n_full * width**3 >= 2**62:
-        raise ValueError(f"cluster ids span {width}: too wide to pack (window, c1, c2, c3)")
+        raise ValueError(f"{width} distinct clusters: too many to pack (window, c1, c2, c3)")
     # key = ((window * W + c1) * W + c2) * W + c3: sorting it groups rows by pair, then c3.
     pair = (window[keep].astype(np.int64) * width + cs[0]) * width + cs[1]
     keys, inverse = np.unique(pair * width + cs[2], return_inverse=True)

@@ -48,6 +48,20 @@ def test_drift_ties_break_by_cluster_id():
     assert out["mean_jaccard"] == pytest.approx(1.0)  # {3, 5} both times
 
 
+def test_drift_with_sparse_cluster_ids_equals_drift_with_dense_ones():
+    """Any int32 cluster id is valid input: ids 5_000_000 apart must not overflow the packing,
+    and the same counts under renamed ids (order kept) give the same drift."""
+    dense = [(D0 + dt.timedelta(days=d), a, b, c, n) for d, (a, b, c, n) in
+             [(0, (0, 1, 2, 9)), (1, (0, 1, 3, 8)), (2, (0, 1, 4, 2)),
+              (31, (0, 1, 4, 9)), (32, (0, 1, 2, 8)), (59, (2, 3, 4, 1))]]
+    rename = {0: 7, 1: 5_000_000, 2: 5_000_001, 3: 2_000_000_000, 4: 2_100_000_000}
+    sparse = [(d, rename[a], rename[b], rename[c], n) for d, a, b, c, n in dense]
+    want = drift_series(counts_table(dense), window_days=30, min_support=1, top=2)
+    got = drift_series(counts_table(sparse), window_days=30, min_support=1, top=2)
+    assert want["mean_jaccard"] == pytest.approx(1 / 3)  # {2, 3} then {4, 2}
+    assert got == want
+
+
 def test_taxonomy_has_named_clusters_across_topics():
     clusters = taxonomy.all_clusters()
     assert len(clusters) >= 150 and len({c.name for c in clusters}) == len(clusters)
