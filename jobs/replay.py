@@ -39,8 +39,10 @@ from common.storage import (
     arrow_fs_for,
     exists,
     file_stamps,
+    is_s3,
     join,
     list_dirs,
+    local_path,
     read_current,
     read_json,
     remove,
@@ -268,6 +270,36 @@ def table_key(cfg: Config) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def default_start(cfg: Config, strategies: list[str], first: dt.date, end: dt.date) -> dt.date:
+    """The last 14 days before end, after a full fine-tune window of data when a strategy
+    fine-tunes (else after the first counted day)."""
+    tunes = any(s in ("ft_once", "ft_monthly", "hybrid", "adaptive") for s in strategies)
+    start = max(first + (cfg.finetune.window_days if tunes else 1) * DAY, end - 14 * DAY)
+    if start >= end:
+        raise InputError(
+            f"the default replay start {start} (first day with counts {first} + "
+            f"finetune.window_days={cfg.finetune.window_days}, for the fine-tunes' data) is "
+            f"not before end {end}: pass --start"
+        )
+    return start
+
+
+def check_work_root(root: str, work: str) -> None:
+    """The replay empties `<work>/stats` and `<work>/retrieval`: refuse a work root where that
+    would delete the source's own counts or snapshots."""
+
+    def norm(uri: str) -> str:
+        return (uri.split("://", 1)[1] if is_s3(uri) else local_path(uri)).rstrip("/") + "/"
+
+    source, target = norm(root), norm(work)
+    inside = any(source.startswith(target + sub + "/") for sub in ("stats", "retrieval"))
+    if source == target or inside:
+        raise InputError(
+            f"pipeline.work_root={work} is the source root {root} (or holds it): a replay empties "
+            "the work root's stats/ and retrieval/; choose another folder"
+        )
+
+
 def replay(
     cfg: Config,
     start: dt.date | None = None,
@@ -275,22 +307,26 @@ def replay(
     strategies: list[str] | None = None,
 ) -> dict:
     pcfg = cfg.pipeline
-    strategies = list(strategies or pcfg.strategies)
+    # Each strategy once ("frequency, rag" and "frequency,frequency" are what a user types).
+    strategies = list(dict.fromkeys(s.strip() for s in (strategies or pcfg.strategies)))
     for s in strategies:
         plan_builds(s, dt.date(2000, 1, 1), dt.date(2000, 1, 2), 1, 1)  # validates the name
     days_with_counts = list_days(cfg.root)
     if not days_with_counts:
         raise InputError(f"no transition counts under {cfg.root}: run jobs.aggregate first")
+    first = days_with_counts[0]
     end = end or pcfg.end or days_with_counts[-1] + DAY
-    start = (
-        start
-        or pcfg.start
-        or max(days_with_counts[0] + dt.timedelta(days=cfg.finetune.window_days), end - 14 * DAY)
-    )
+    start = start or pcfg.start or default_start(cfg, strategies, first, end)
     if start >= end:
         raise InputError(f"replay start {start} is not before end {end}")
+    if start <= first:
+        raise InputError(
+            f"replay start {start} must be after {first}, the first day with counts under "
+            f"{cfg.root}: a table serving day d is built from the days before d"
+        )
     out_dir = report_dir(cfg.root, cfg.report)
     work = pcfg.work_root or join(out_dir, "work")
+    check_work_root(cfg.root, work)
     # The work root's counts are rebuilt day by day from nothing: what a build sees is what the
     # clock allows, even when the work root is shared with an earlier replay.
     remove(join(work, "stats"))
@@ -305,6 +341,11 @@ def replay(
     }
     logs = {s: StrategyLog() for s in strategies}
     all_counts = read_transitions(cfg.root, None, end)  # drift needs history; filtered by day below
+    if not pa.compute.any(pa.compute.greater_equal(all_counts["day"], start)).as_py():
+        raise InputError(
+            f"no events in [{start}, {end}) under {cfg.root} (the last day with counts is "
+            f"{days_with_counts[-1]}): nothing to score"
+        )
     copied: set = set()
     adaptive_cfg = with_overrides(cfg, pipeline__policy="adaptive")
     drift_by_day: dict[str, dict] = {}
@@ -368,20 +409,21 @@ def replay(
             valid = valid_rate_of(manifest)
             slog.valid_rates.append(valid if valid is not None else 1.0)
 
-    # Score every day against each strategy's table in effect.
-    lookups: dict[str, Lookup] = {}
+    # Score every day against each strategy's table in effect (one table in memory at a time:
+    # a strategy's versions come in day order, and a 120-cluster table is ~17 MB).
     metrics: dict[str, dict] = {}
     timeline: dict[str, dict[str, dict]] = {s: {} for s in strategies}
     for s in tqdm(strategies, desc="scoring", unit="strategy"):
         total: dict = {}
+        lookup: Lookup | None = None
         for day in serving_days(start, end):
             version = in_effect(logs[s].builds, day)
             events = read_day(all_counts, day)
             if version is None or events.num_rows == 0:
                 continue
-            if version not in lookups:
-                lookups[version] = Lookup.load(work, version)
-            counts = hit_counts(lookups[version], events, ks)
+            if lookup is None or lookup.version != version:
+                lookup = Lookup.load(work, version)
+            counts = hit_counts(lookup, events, ks)
             total = add_counts(total, counts)
             timeline[s][day.isoformat()] = {**rates(counts, ks), "version": version}
         slog = logs[s]

@@ -251,3 +251,32 @@ def test_replay_cache_keys_follow_the_source_counts_and_catalog(tmp_path):
     assert Replayer(cfg, work).source_key(day(1)) != keys[1]
     # The adapter cache key also covers the retrieval settings the examples' RAG lines use.
     assert Replayer(with_overrides(cfg, retrieval__window_days=7), work).key != again.key
+
+
+def test_replay_refuses_inputs_that_would_lose_data_or_score_nothing(tmp_path):
+    """Checked before anything is built (no Ray): a work root that is the source root (its
+    stats/ would be emptied), a start on or before the first counted day, a default start past
+    the end on a short log, a range past the data."""
+    from common.cli import InputError
+    from common.tables_io import write_parquet
+    from common.transitions import list_days
+    from jobs.replay import replay
+
+    root = str(tmp_path / "src")
+    for i in range(10):
+        t = pa.Table.from_pylist([dict(day=day(i), c1=0, c2=1, c3=2, count=3)],
+                                 schema=schemas.TRANSITIONS)
+        write_parquet(t, f"{root}/stats/transitions/day={day(i).isoformat()}/part-0.parquet")
+    cfg = load_config(None, [f"root={root}"])
+
+    for work in (root, root + "/", "file://" + root):
+        with pytest.raises(InputError, match="work_root"):
+            replay(with_overrides(cfg, pipeline__work_root=work), day(5), day(7), ["frequency"])
+    assert len(list_days(root)) == 10  # nothing removed
+    with pytest.raises(InputError, match=f"must be after {day(0)}"):
+        replay(cfg, day(0), day(3), ["frequency"])
+    # 10 days of counts: the default start waits 30 days for a fine-tune's data.
+    with pytest.raises(InputError, match="finetune.window_days=30.*pass --start"):
+        replay(cfg, None, None, ["frequency", "hybrid"])
+    with pytest.raises(InputError, match=f"no events in \\[{day(12)}, {day(14)}\\)"):
+        replay(cfg, day(12), day(14), ["frequency"])
