@@ -326,6 +326,12 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
     """{step: reason} of what is due on `day`, from the state before the tick."""
     pcfg = cfg.pipeline
     plan = {"aggregate": "new days"}
+    last_refresh = last_day(state, "last_refresh")
+    if not uses_adapter(cfg.infer.strategy):
+        # frequency, base and rag serve no adapter: a fine-tune would be paid for and not used.
+        if refresh_due(last_refresh, day, pcfg.rag_every_days):
+            plan["refresh"] = "calendar"
+        return plan
     last_ft = last_day(state, "last_finetune")
     jaccard = weak = None
     if pcfg.policy == "adaptive" and last_ft is not None:
@@ -344,7 +350,6 @@ def plan_tick(cfg: Config, state: dict, day: dt.date) -> dict:
         warn_drift_unmeasured(pcfg, day)
     if due:
         plan["finetune"] = reason if jaccard is None else f"{reason} (jaccard={jaccard:.3f})"
-    last_refresh = last_day(state, "last_refresh")
     if due:
         plan["refresh"] = "after fine-tune"
     elif last_ft is not None and (last_refresh is None or last_refresh < last_ft):

@@ -417,3 +417,16 @@ def test_the_tick_lock_is_atomic_on_s3(s3_bucket):
     steps = FakeSteps()
     assert tick(cfg, day(0), steps)["status"] == "done" and steps.days("refresh") == [day(0)]
     assert read_json(f"{root}/pipeline/state.json")["ticks"][str(day(0))]["status"] == "done"
+
+
+def test_strategies_without_an_adapter_never_finetune(tmp_path):
+    """infer.strategy frequency, base or rag serves no adapter: the tick refreshes on the
+    calendar and never pays for a fine-tune."""
+    for strategy in ("frequency", "rag"):
+        cfg = load_config(None, [f"root={tmp_path / strategy}", f"infer.strategy={strategy}",
+                                 "pipeline.rag_every_days=3", "pipeline.finetune_every_days=4"])
+        steps = FakeSteps()
+        for i in range(10):
+            assert tick(cfg, day(i), steps)["status"] == "done"
+        assert steps.days("finetune") == []
+        assert steps.days("refresh") == [day(i) for i in (0, 3, 6, 9)]
