@@ -448,7 +448,14 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    dumped = cfg.model_dump(mode="json")
+    # Inputs still at their default print as "{root}/...", so a file saved from this output
+    # keeps them under whatever root it is later run with.
+    root = cfg.root.rstrip("/") or "/"
+    for name, field in InputsConfig.model_fields.items():
+        if dumped["inputs"][name] == field.default.replace("{root}", root):
+            dumped["inputs"][name] = field.default
+    print(yaml.safe_dump(dumped, sort_keys=False), end="")
 
 
 if __name__ == "__main__":

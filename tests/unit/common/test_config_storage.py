@@ -65,6 +65,23 @@ def _pointer_roundtrip(root: str) -> None:
     assert storage.list_dirs(storage.tables_dir(root)) == ["v2"]
 
 
+def test_printed_config_is_a_starting_file_that_follows_its_root(tmp_path, capsys):
+    """README: save `python -m common.config` as your config. Its inputs at their default must
+    move with the root the file is later used with, and the rest must load back unchanged."""
+    from common.config import main
+
+    main(["--set", "root=/tmp/first", "--set", "inputs.items=/data/items.parquet"])
+    path = tmp_path / "mine.yaml"
+    path.write_text(capsys.readouterr().out)
+    cfg = load_config(str(path), ["root=s3://bucket/prod"])
+    assert cfg.inputs.interactions == "s3://bucket/prod/inputs/interactions"
+    assert cfg.inputs.clusters == "s3://bucket/prod/inputs/clusters.parquet"
+    assert cfg.inputs.items == "/data/items.parquet"  # set by hand: kept
+    assert load_config(str(path)).model_dump() == load_config(
+        None, ["root=/tmp/first", "inputs.items=/data/items.parquet"]
+    ).model_dump()
+
+
 def test_local_pointer_swap(root):
     _pointer_roundtrip(root)
 
