@@ -3,7 +3,9 @@
 Each held-out transition (c1, c2) -> c3 of the scored days counts `count` times and hits at k when
 c3 is among the first k answers the server would give for (c1, c2): `common.lookup.Lookup`, with
 its backoff, the same class Serve answers with. Writes `<root>/reports/<report>/metrics.json`
-with one object per version: hit_rate@k, valid_rate, coverage, n_events, compute_seconds.
+with one object per version: hit_rate@k, valid_rate, coverage, n_events, compute_seconds
+(plus strategy, as_of, eval_seconds), and beside it timeline.json and hit_rate_over_time.png
+(per-day hit rates).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from common.cli import InputError, job_parser, run_main
 from common.config import Config
@@ -116,6 +119,61 @@ def evaluate_version(root: str, version: str, transitions: pa.Table, ks: list[in
     return metrics
 
 
+def save_figure(fig, uri: str) -> str:
+    """Save a matplotlib figure to a local path or s3:// URI."""
+    import io
+
+    from common.storage import fsspec_for, makedirs
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    makedirs(uri.rsplit("/", 1)[0])
+    fs, path = fsspec_for(uri)
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return uri
+
+
+def plot_hit_rates(out_dir: str, timeline: dict, ks: list[int]) -> str:
+    """hit_rate_over_time.png: hit rate@5 (else the largest k) per day, one line per table or
+    strategy ({name: {day: rates}})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = 5 if 5 in ks else ks[-1]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, days in timeline.items():
+        xs = sorted(days)
+        ax.plot(
+            [dt.date.fromisoformat(x) for x in xs],
+            [days[x][f"hit_rate@{k}"] for x in xs],
+            marker=".",
+            label=name,
+        )
+    ax.set_ylabel(f"hit rate@{k}")
+    ax.set_title(f"hit rate@{k} per served day")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, ncol=2)
+    fig.autofmt_xdate()
+    path = save_figure(fig, join(out_dir, "hit_rate_over_time.png"))
+    plt.close(fig)
+    return path
+
+
+def daily_rates(root: str, version: str, transitions: pa.Table, ks: list[int]) -> dict:
+    """{day: rates} of one version on each scored day that has events."""
+    lookup = Lookup.load(root, version)
+    days = sorted(set(transitions["day"].to_pylist()))
+    return {
+        d.isoformat(): rates(
+            hit_counts(lookup, transitions.filter(pc.equal(transitions["day"], d)), ks), ks
+        )
+        for d in days
+    }
+
+
 def run(cfg: Config) -> dict:
     versions = list(cfg.evaluate.versions)
     if not versions:
@@ -137,8 +195,12 @@ def run(cfg: Config) -> dict:
             m["leaks_scored_days"] = True
     out_dir = report_dir(cfg.root, cfg.report)
     write_json(join(out_dir, "metrics.json"), results)
+    timeline = {v: daily_rates(cfg.root, v, transitions, ks) for v in versions}
+    write_json(join(out_dir, "timeline.json"), {"hit_rates": timeline})
+    plot = plot_hit_rates(out_dir, timeline, ks)
     return {
         "report": out_dir,
+        "plots": [plot],
         "start": start.isoformat(),
         "end": end.isoformat(),
         "metrics": {
@@ -153,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
         "Score published tables (tables/CURRENT by default) on chosen days, as Serve would answer.",
         reads="<root>/tables/<version>/, <root>/stats/transitions/ "
         "(days [evaluate.start, evaluate.end))",
-        writes="<root>/reports/<report>/metrics.json",
+        writes="<root>/reports/<report>/metrics.json (one object per version), timeline.json "
+        "(per-day hit rates) and hit_rate_over_time.png",
     )
     return run_main(parser, run, argv)
 

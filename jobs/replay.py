@@ -50,7 +50,15 @@ from common.storage import (
     write_json,
 )
 from common.transitions import list_days, read_transitions
-from jobs.evaluate import add_counts, hit_counts, manifest_of, rates, valid_rate_of
+from jobs.evaluate import (
+    add_counts,
+    hit_counts,
+    manifest_of,
+    plot_hit_rates,
+    rates,
+    save_figure,
+    valid_rate_of,
+)
 from jobs.pipeline import (
     drift_since_finetune,
     finetune_due,
@@ -478,21 +486,6 @@ def read_day(all_counts: pa.Table, day: dt.date) -> pa.Table:
     return all_counts.filter(pc.equal(all_counts["day"], pa.scalar(day, pa.date32())))
 
 
-def _save(fig, uri: str) -> str:
-    """Save a matplotlib figure to a local path or s3:// URI."""
-    import io
-
-    from common.storage import fsspec_for, makedirs
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    makedirs(uri.rsplit("/", 1)[0])
-    fs, path = fsspec_for(uri)
-    with fs.open(path, "wb") as f:
-        f.write(buf.getvalue())
-    return uri
-
-
 def plot_replay(
     out_dir: str, metrics: dict, timeline: dict, drift: dict, ks: list[int]
 ) -> list[str]:
@@ -502,23 +495,7 @@ def plot_replay(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = 5 if 5 in ks else ks[-1]
-    paths = []
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for s, days in timeline.items():
-        xs = sorted(days)
-        ax.plot(
-            [dt.date.fromisoformat(x) for x in xs],
-            [days[x][f"hit_rate@{k}"] for x in xs],
-            marker=".",
-            label=s,
-        )
-    ax.set_ylabel(f"hit rate@{k}")
-    ax.set_title(f"hit rate@{k} per served day")
-    ax.legend(fontsize=8, ncol=2)
-    fig.autofmt_xdate()
-    paths.append(_save(fig, join(out_dir, "hit_rate_over_time.png")))
-    plt.close(fig)
+    paths = [plot_hit_rates(out_dir, timeline, ks)]
 
     fig, ax = plt.subplots(figsize=(9, 4))
     xs = sorted(drift)
@@ -537,7 +514,7 @@ def plot_replay(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.autofmt_xdate()
-    paths.append(_save(fig, join(out_dir, "drift_over_time.png")))
+    paths.append(save_figure(fig, join(out_dir, "drift_over_time.png")))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -554,6 +531,15 @@ def plot_replay(
         )
     ax.set_ylabel("compute seconds (builds + fine-tunes)")
     ax.set_title("compute spent per strategy")
-    paths.append(_save(fig, join(out_dir, "compute_per_strategy.png")))
+    paths.append(save_figure(fig, join(out_dir, "compute_per_strategy.png")))
     plt.close(fig)
     return paths
+
+
+if __name__ == "__main__":
+    # One module per job: `python -m jobs.replay ARGS` is `python -m jobs.pipeline replay ARGS`.
+    import sys
+
+    from jobs.pipeline import main
+
+    main(["replay", *sys.argv[1:]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pyarrow as pa
 import pytest
@@ -100,6 +101,13 @@ def test_evaluate_current_and_named_versions(root):
     # (3,4) -> 0 at rank 1.
     assert m["B"]["hit_rate@1"] == pytest.approx((1 + 4) / 20)
     assert m["B"]["hit_rate@5"] == pytest.approx((1 + 2 + 4) / 20)
+    # Per day beside it, and the plot of them (SYSTEM.md: metrics.json plus plots).
+    daily = read_json(join(root, "reports", "ev2", "timeline.json"))["hit_rates"]
+    assert daily["A"]["2026-03-01"]["hit_rate@1"] == pytest.approx(9 / 10)
+    assert daily["A"]["2026-03-02"]["hit_rate@1"] == pytest.approx(1.0)
+    assert daily["B"]["2026-03-02"]["hit_rate@1"] == pytest.approx(0.0)  # 3 answered, 2 seen
+    assert os.path.getsize(out["plots"][0]) > 1000
+    assert out["plots"][0] == join(root, "reports", "ev2", "hit_rate_over_time.png")
 
 
 def test_evaluate_without_published_table_is_a_clear_error(root):
