@@ -12,7 +12,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch, from this machine's disk; an unpinned torch pulls GBs of CUDA.
+	# Pinned torch: this machine's pip finds the CPU wheel on local disk (find-links); on
+	# other Linux machines PyPI serves the CUDA build (see README for the CPU index).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@

@@ -23,7 +23,8 @@ def job_parser(prog: str, description: str, reads: str, writes: str) -> argparse
         epilog=f"Reads: {reads}\nWrites: {writes}\n\n"
         "Without --config the embedded defaults apply (local Ray, storage under ./data, the "
         "packaged small model). Every key of the config can be set with --set, e.g. "
-        "--set root=s3://bucket/prefix --set infer.batch_size=32.",
+        "--set root=s3://bucket/prefix --set infer.batch_size=32. Every key with its value: "
+        "python -m common.config (the same --config/--set apply).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file.")

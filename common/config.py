@@ -302,7 +302,7 @@ class PipelineConfig(Section):
         default_factory=lambda: [
             "frequency", "base", "rag", "ft_once", "ft_monthly", "hybrid", "adaptive"
         ],
-        description="Replay: strategies compared (SYSTEM.md names).",
+        description="Replay: strategies compared (names in docs/contracts.md).",
     )
     start: dt.date | None = Field(None, description="Replay: first day served.")
     end: dt.date | None = Field(None, description="Replay: day after the last day served.")

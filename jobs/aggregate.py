@@ -291,7 +291,7 @@ def run(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(
         "python -m jobs.aggregate",
-        "Count daily novel cluster transitions per SYSTEM.md with Ray Data, incrementally. "
+        "Count daily novel cluster transitions per docs/contracts.md with Ray Data, incrementally. "
         "With as_of=D (set by jobs.pipeline tick --as-of D) only days before D are counted; "
         "events of D or later stay in the log for a later run and are reported as "
         "held_for_later. A full run (aggregate.incremental=false) replaces the previous counts "

@@ -197,7 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(
         "python -m jobs.demo",
         "The whole loop on embedded demo defaults: simulate, aggregate, fine-tune, RAG + "
-        "inference, guards, publish, serve and query, and a short replay report.",
+        "inference, guards, publish, serve and query, and a short replay report. The demo's "
+        "small sizes (DEMO_OVERRIDES: 32 clusters, 42 days, 512 fine-tune examples) apply "
+        "without --config; --set adds to them. With --config FILE the file's values (else the "
+        "full defaults: 120 clusters, 1M events, hours on 2 cores) apply instead.",
         reads="nothing but the config (the log is simulated)",
         writes="<root>/ (default ./data): inputs, stats, adapters, tables, reports/demo*",
     )

@@ -487,11 +487,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tick", help="Run what is due for one day (idempotent).")
-    t.add_argument("--as-of", required=True, type=dt.date.fromisoformat, metavar="DAY")
+    t.add_argument(
+        "--as-of", required=True, type=dt.date.fromisoformat, metavar="DAY",
+        help="the day the tables are built for (YYYY-MM-DD): counts the log's days before it",
+    )
     r = sub.add_parser("replay", help="Replay the cadence day by day for several strategies.")
-    r.add_argument("--start", type=dt.date.fromisoformat, metavar="DAY")
-    r.add_argument("--end", type=dt.date.fromisoformat, metavar="DAY", help="exclusive")
-    r.add_argument("--strategies", help="comma-separated: " + ",".join(PipelineConfig().strategies))
+    r.add_argument(
+        "--start", type=dt.date.fromisoformat, metavar="DAY",
+        help="first day served (default pipeline.start, else the last 14 days before --end, "
+        "after finetune.window_days of data when a strategy fine-tunes)",
+    )
+    r.add_argument(
+        "--end", type=dt.date.fromisoformat, metavar="DAY",
+        help="day after the last one served (default pipeline.end, else the last counted day + 1)",
+    )
+    r.add_argument(
+        "--strategies",
+        help="comma-separated (default pipeline.strategies: all of "
+        + ",".join(PipelineConfig().strategies) + ")",
+    )
     # Let --config/--set come after the subcommand too.
     for p in (t, r):
         p.add_argument("--config", dest="sub_config", metavar="FILE")

@@ -219,7 +219,8 @@ def json_response(obj: Any, status_code: int = 200) -> Response:
 
 api = FastAPI(
     title="next-interest",
-    description="Next-interest clusters from the published lookup table (SYSTEM.md HTTP API).",
+    description="Next-interest clusters from the published lookup table "
+    '(docs/contracts.md "HTTP API", docs/serve.md).',
     version="1",
 )
 
