@@ -628,7 +628,7 @@ def train_loop_per_worker(config: dict) -> dict:
         return out
 
     t_train = time.perf_counter()
-    tok_sum = flop_sum = busy = 0.0
+    tok_sum = tok_all = flop_sum = busy = 0.0
     last: dict = {}
     for step in range(start, total):
         if config.get("fail_at_step") == step and rank == world - 1:
@@ -651,15 +651,24 @@ def train_loop_per_worker(config: dict) -> dict:
         dt_s = time.perf_counter() - t0
         real = sum(lengths)
         f = flops.step(lengths, len(tgt))
+        loss_sum, answers, tokens = float(loss.item()) * len(tgt), float(len(tgt)), float(real)
+        if world > 1:
+            # The loss and tokens of every worker's share, not rank 0's alone: one tiny
+            # all-reduce beside DDP's gradient one.
+            stats = torch.tensor([loss_sum, answers, tokens], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(stats)
+            loss_sum, answers, tokens = stats.tolist()
         if step - start >= config.get("skip_first_steps", 0):  # warm-up steps are not timed
             tok_sum, flop_sum, busy = tok_sum + real, flop_sum + f, busy + dt_s
+            tok_all += tokens
         last = {
             "step": step + 1,
             "total_steps": total,
             "start_step": start,
-            "loss": float(loss.item()),
+            "loss": loss_sum / answers,
             "lr": sched.get_last_lr()[0],
             "tokens_per_s": real / dt_s,
+            "tokens_per_s_all_workers": tokens / dt_s,
             "padding_share": 1.0 - real / ids.numel(),
             "gflops_per_s": f / dt_s / 1e9,
         }
@@ -684,9 +693,10 @@ def train_loop_per_worker(config: dict) -> dict:
         "start_step": start,
         "final": True,
         "train_seconds": time.perf_counter() - t_train,
-        "train_tokens": tok_sum,
+        "train_tokens": tok_sum,  # this worker's (rank 0's in the published metrics)
+        "train_tokens_all_workers": tok_all,
         "tokens_per_s": tok_sum / busy if busy else 0.0,
-        "tokens_per_s_all_workers": world * tok_sum / busy if busy else 0.0,
+        "tokens_per_s_all_workers": tok_all / busy if busy else 0.0,
         "model_gflops_per_s": flop_sum / busy / 1e9 if busy else 0.0,
         "loss": last.get("loss"),
         "threads": threads,

@@ -142,11 +142,13 @@ def test_two_ray_workers_resume_after_a_worker_failure(
     write_root(root)
     marker = os.path.join(root, "failed-once")
     plain = finetune.loop_config
+    seen: dict = {}
 
     def with_failure(cfg, data, rag):
         # The last worker raises once at step 3 (after the step-2 checkpoint): Ray Train restarts
         # the worker group (FailureConfig(max_failures=1)), which resumes from step 2.
-        return {**plain(cfg, data, rag), "fail_at_step": 3, "fail_marker": marker}
+        seen.update(plain(cfg, data, rag))
+        return {**seen, "fail_at_step": 3, "fail_marker": marker}
 
     monkeypatch.setattr(finetune, "loop_config", with_failure)
     summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 2)))
@@ -156,6 +158,16 @@ def test_two_ray_workers_resume_after_a_worker_failure(
     assert metrics["device"] == "cpu"
     assert summary["start_step"] == 2  # resumed from the checkpoint, not from 0
     check_adapter(summary, tiny_model_dir)
+    # Throughput counts both workers' tokens (all-reduced), not twice rank 0's: the timed steps'
+    # global batches, as the loop plans them.
+    from common.training import plan_batches
+
+    examples = seen["examples"]
+    batches = plan_batches([len(p) + len(a) for p, a in examples], 8, 2, 1, seen["seed"])
+    timed = range(2 + seen.get("skip_first_steps", 0), 4)
+    want = sum(len(examples[i][0]) + len(examples[i][1]) for s in timed for i in batches[s])
+    assert metrics["train_tokens_all_workers"] == want
+    assert metrics["train_tokens"] < want
 
 
 @pytest.mark.ray
