@@ -638,6 +638,9 @@ def train_loop_per_worker(config: dict) -> dict:
                 raise RuntimeError(f"injected failure at step {step} (test hook)")
         idx = batches[step][rank::world] or batches[step][:1]
         ids, pos, tgt, lengths = collate(examples, idx, pad)
+        # LoRA dropout's masks drawn from (seed, step, rank) alone: a resumed run draws the same
+        # ones as an uninterrupted run, with no RNG state in the checkpoint.
+        torch.manual_seed(config["seed"] * 1_000_003 + step * world + rank)
         t0 = time.perf_counter()
         with torch.autocast(
             torch.device(device).type, dtype=amp or torch.float32, enabled=amp is not None

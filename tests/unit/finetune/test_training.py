@@ -221,13 +221,16 @@ def test_lora_learns_toy_mapping_and_adapter_reloads(trainable_tiny, tmp_path):
 def test_a_run_killed_midway_resumes_to_the_same_adapter(trainable_tiny, tmp_path):
     """Without Ray (LocalSession): killed after the step-6 checkpoint, rerun, the loop restores
     the adapter, optimizer, schedule and data position, so the final adapter is bit-identical
-    to an uninterrupted run's; a half-copied checkpoint folder left by the kill is no obstacle."""
+    to an uninterrupted run's, LoRA dropout's random masks included; a half-copied checkpoint
+    folder left by the kill is no obstacle."""
     from safetensors.torch import load_file
 
     _, data = ten_toy_days(trainable_tiny)
 
     def run(name, **kw):
-        cfg = loop_config(trainable_tiny, data, tmp_path / name, checkpoint_every_steps=3, **kw)
+        cfg = loop_config(
+            trainable_tiny, data, tmp_path / name, checkpoint_every_steps=3, lora_dropout=0.1, **kw
+        )
         return training.train_loop_per_worker({**cfg, "llm_weight": 1.0, "eval_base": False})
 
     whole = run("whole")
