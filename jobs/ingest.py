@@ -6,6 +6,13 @@ into its most common genre (the one with the most movies overall), so every clus
 to learn from. Ratings keep their file order, which is the order ties in `ts` break by (both
 datasets tie often: bulk rating sessions); `ingest.min_rating` keeps only positive engagements,
 as the paper does.
+
+Rows the contract could not hold are dropped here and counted in the summary (`dropped`): a
+rating with a missing or non-numeric field (a truncated line, an empty user id), a movie without
+a numeric id, and every repeat of a movie id after its first row (an item in two clusters is an
+input error downstream). The interactions are written as Parquet, or as CSV for a `.csv` or
+`.csv.gz` target; an existing target (log, items or clusters) is replaced only when this
+project's jobs wrote it (common/input_targets.py).
 """
 
 from __future__ import annotations
@@ -16,19 +23,30 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from common import schemas
 from common.cli import InputError, job_parser, keys_help, run_main
 from common.config import Config
-from common.storage import fsspec_for, join, remove
+from common.input_targets import (
+    REPLACE_NOTE,
+    claim_inputs,
+    clear_target,
+    mark_written,
+    write_input_file,
+)
+from common.storage import arrow_fs_for, fsspec_for, join
 from common.tables_io import write_parquet
 
 log = logging.getLogger(__name__)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 DEFAULT_SOURCE = {"movielens": "ml-latest-small", "movietweetings": "movietweetings-100k"}
 NO_GENRE = "(no genres listed)"
+RATING_COLUMNS = ["user_id", "item_id", "rating", "ts"]
+CSV_SUFFIXES = (".csv", ".csv.gz")
 
 
 def _open(uri: str) -> io.BytesIO:
@@ -44,16 +62,76 @@ def read_source(dataset: str, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if dataset == "movielens":
         ratings = pd.read_csv(_open(join(source, "ratings.csv")))
         movies = pd.read_csv(_open(join(source, "movies.csv")))
-        ratings.columns = ["user_id", "item_id", "rating", "ts"]
+        ratings.columns = RATING_COLUMNS
         movies.columns = ["item_id", "title", "genres"]
     else:
         ratings = pd.read_csv(_open(join(source, "ratings.dat")), sep="::", engine="python",
-                              header=None, names=["user_id", "item_id", "rating", "ts"])
+                              header=None, names=RATING_COLUMNS)
         movies = pd.read_csv(_open(join(source, "movies.dat")), sep="::", engine="python",
                              header=None, names=["item_id", "title", "genres"],
                              encoding="utf-8", keep_default_na=False)
     movies["genres"] = movies["genres"].fillna("").astype(str)
+    movies["title"] = movies["title"].fillna("").astype(str)
     return ratings, movies
+
+
+def _finite(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose every value is a finite number (to_numeric leaves NaN where one is missing)."""
+    return pd.Series(np.isfinite(frame.to_numpy(dtype=np.float64)).all(axis=1), index=frame.index)
+
+
+def _whole(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose every value is a finite whole number: what an int64 id column can hold."""
+    whole = (frame.to_numpy(dtype=np.float64) % 1 == 0).all(axis=1)
+    return _finite(frame) & pd.Series(whole, index=frame.index)
+
+
+def clean_ratings(ratings: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """(ratings with a number in every field, ids and ts as int64, file order kept; rows dropped).
+
+    A truncated line (`1,50,4.0`) or an empty field reads as NaN, which an int64 column cannot
+    hold; the contract drops rows with nulls, so they go here, where the count can be reported.
+    """
+    num = ratings[RATING_COLUMNS].apply(pd.to_numeric, errors="coerce")
+    ok = _whole(num[["user_id", "item_id"]]) & _finite(num[["rating", "ts"]])
+    kept = num[ok].assign(ts=np.floor(num["ts"][ok]))  # epoch seconds, whole in both datasets
+    kept = kept.astype({"user_id": "int64", "item_id": "int64", "ts": "int64",
+                        "rating": "float64"})
+    return kept.reset_index(drop=True), int((~ok).sum())
+
+
+def clean_movies(movies: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """(movies with an integer id, one row per id: the first; rows without an id; repeats).
+
+    Two rows of one id with different genres would put the item in two clusters, which the
+    aggregate rejects as an input error; the first row is the one kept.
+    """
+    ids = pd.to_numeric(movies["item_id"], errors="coerce").to_frame()
+    ok = _whole(ids)
+    movies = movies[ok].assign(item_id=ids["item_id"][ok].astype("int64"))
+    repeat = movies["item_id"].duplicated(keep="first")
+    return movies[~repeat].reset_index(drop=True), int((~ok).sum()), int(repeat.sum())
+
+
+def write_interactions(table: pa.Table, uri: str, job: str) -> str:
+    """Write the log at uri: a `.parquet` or CSV (`.csv`, `.csv.gz`) file, else a folder holding
+    part-0.parquet; returns the file written. Readers pick the format by the file name, so a
+    `.csv` file must hold CSV."""
+    clear_target(uri, "inputs.interactions", job)
+    if not uri.endswith((".parquet", *CSV_SUFFIXES)):
+        mark_written(uri, job, folder=True)
+        out = join(uri, "part-0.parquet")
+        write_parquet(table, out)
+        return out
+    if uri.endswith(".parquet"):
+        write_parquet(table, uri)
+    else:
+        fs, path = arrow_fs_for(uri)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:  # gzip for .csv.gz: the name is detected
+            pacsv.write_csv(table, f)
+    mark_written(uri, job, folder=False)
+    return uri
 
 
 def genre_key(genres: str) -> tuple[str, ...]:
@@ -110,6 +188,12 @@ def run(cfg: Config) -> dict:
                          "--set ingest.source=FOLDER (a local path or s3://...)")
     ratings, movies = read_source(ic.dataset, source)
     n_ratings = len(ratings)
+    ratings, bad_ratings = clean_ratings(ratings)
+    movies, bad_movies, repeated_movies = clean_movies(movies)
+    dropped = {"ratings_missing_field": bad_ratings, "movies_missing_id": bad_movies,
+               "movies_repeated_id": repeated_movies}
+    if any(dropped.values()):
+        log.warning("ingest dropped rows from %s: %s", source, dropped)
     if ic.min_rating is not None:
         ratings = ratings[ratings["rating"] >= ic.min_rating]
     items, clusters = assign_clusters(movies, ic.min_cluster_items,
@@ -120,14 +204,12 @@ def run(cfg: Config) -> dict:
         "ts": pa.array(ratings["ts"].to_numpy(), pa.int64()),  # epoch seconds, UTC
         "rating": pa.array(ratings["rating"].to_numpy(), pa.float32()),
     })
-    remove(cfg.inputs.interactions)
-    out = cfg.inputs.interactions
-    if not out.endswith((".parquet", ".csv")):
-        out = join(out, "part-0.parquet")
-    write_parquet(interactions, out)
-    write_parquet(items, cfg.inputs.items)
-    write_parquet(clusters, cfg.inputs.clusters)
-    return {"dataset": ic.dataset, "source": source, "ratings": n_ratings,
+    job = "jobs.ingest"
+    claim_inputs(cfg, job)
+    write_interactions(interactions, cfg.inputs.interactions, job)
+    write_input_file(items, cfg.inputs.items, job)
+    write_input_file(clusters, cfg.inputs.clusters, job)
+    return {"dataset": ic.dataset, "source": source, "ratings": n_ratings, "dropped": dropped,
             "interactions": interactions.num_rows, "users": int(ratings["user_id"].nunique()),
             "items": items.num_rows, "clusters": clusters.num_rows,
             "written": cfg.inputs.interactions, "seconds": round(time.time() - started, 1)}
@@ -139,7 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
         "Convert MovieLens (ratings.csv + movies.csv) or MovieTweetings (ratings.dat + "
         "movies.dat) into interactions, items and genre-combination clusters.",
         reads="ingest.source (default: examples/data/ml-latest-small or movietweetings-100k)",
-        writes="inputs.interactions (part-0.parquet), inputs.items, inputs.clusters",
+        writes="inputs.interactions (a folder holding part-0.parquet; or one file: Parquet for "
+        ".parquet, CSV for .csv or .csv.gz), inputs.items, inputs.clusters. " + REPLACE_NOTE + ". "
+        "Ratings with a missing or non-numeric field, movies without an id and repeats of a "
+        "movie id (the first row is kept) are dropped and counted in the summary",
     )
     parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys_help("", "inputs", "ingest")
     return run_main(parser, run, argv)

@@ -13,6 +13,11 @@ collapses). Returning to the previous cluster gives A-B-A, which is not a novel 
 Vectorised over users: one day is simulated step by step (step k = every user's k-th event of
 that day), drawing from per-day conditional CDFs of shape (C+1, C, C); each day is written as its
 own Parquet partition `day=YYYY-MM-DD/part-0.parquet` as soon as it is done.
+
+`inputs.interactions` may name a real log (s3://logs/...), and this job replaces its target, so
+it only ever deletes or overwrites what this project's jobs wrote: a folder holding MARKER, or a
+file with its sidecar (common/input_targets.py; jobs.ingest uses the same rules). Items and
+clusters are guarded the same way: a production catalog must not be overwritten either.
 """
 
 from __future__ import annotations
@@ -27,15 +32,14 @@ import pyarrow as pa
 from common import schemas, taxonomy
 from common.cli import job_parser, keys_help, run_main
 from common.config import Config, SimulateConfig
-from common.storage import join, remove
+from common.input_targets import REPLACE_NOTE, claim_inputs, mark_written, write_input_file
+from common.storage import join
 from common.tables_io import write_parquet
 
 log = logging.getLogger(__name__)
 MONTH_DAYS = 30
 TREND_SCALE = 1.0  # logits of one standard deviation of trend at drift = 1
 BLEND_DAYS = 6
-
-
 def pick_clusters(n: int) -> list[taxonomy.Cluster]:
     """n clusters taken round-robin over topics so every topic is represented, in taxonomy order."""
     clusters = taxonomy.all_clusters()
@@ -169,9 +173,11 @@ def run(cfg: Config) -> dict:
     sc = cfg.simulate
     world = World(sc)
     items, clusters = world.catalog()
-    write_parquet(items, cfg.inputs.items)
-    write_parquet(clusters, cfg.inputs.clusters)
-    remove(cfg.inputs.interactions)
+    job = "jobs.simulate"
+    claim_inputs(cfg, job)
+    mark_written(cfg.inputs.interactions, job, folder=True)
+    write_input_file(items, cfg.inputs.items, job)
+    write_input_file(clusters, cfg.inputs.clusters, job)
     rng = np.random.default_rng([sc.seed, 1])
     n = 0
     for day in range(sc.days):
@@ -189,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         "python -m jobs.simulate",
         "Write a synthetic interaction log (drifting interests over a built-in taxonomy).",
         reads="the simulate section of the config only",
-        writes="inputs.interactions (day=YYYY-MM-DD/part-0.parquet), inputs.items, "
-        "inputs.clusters",
+        writes="inputs.interactions (a folder of day=YYYY-MM-DD/part-0.parquet), inputs.items, "
+        "inputs.clusters. " + REPLACE_NOTE,
     )
     parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys_help("", "inputs", "simulate")
     return run_main(parser, run, argv)

@@ -86,7 +86,7 @@ def test_incremental_equals_full(ray_session, tmp_path, engine):
                                  "simulate.days=6", "simulate.n_clusters=12",
                                  "simulate.items_per_cluster=3"])
     simulate.run(sim_cfg)
-    days = sorted(os.listdir(sim_cfg.inputs.interactions))
+    days = sorted(d for d in os.listdir(sim_cfg.inputs.interactions) if d.startswith("day="))
     live = tmp_path / "live"
     for d in days[:4]:
         shutil.copytree(f"{sim_cfg.inputs.interactions}/{d}", live / d)

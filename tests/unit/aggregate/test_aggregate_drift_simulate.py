@@ -11,6 +11,7 @@ import pytest
 from common import taxonomy
 from common.config import load_config
 from common.drift import drift_series
+from common.input_targets import MARKER
 from common.tables_io import read_table
 from jobs import simulate
 
@@ -86,7 +87,7 @@ def test_simulate_is_deterministic_and_in_contract(tmp_path):
     b = read_table(str(tmp_path / "b" / "inputs" / "interactions"))
     assert a.equals(b) and a.num_rows == summary["events"] > 4000
     assert sorted(p.name for p in (tmp_path / "a" / "inputs" / "interactions").iterdir()) == [
-        "day=2026-01-01", "day=2026-01-02", "day=2026-01-03"]
+        MARKER, "day=2026-01-01", "day=2026-01-02", "day=2026-01-03"]
     assert a.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
     items, clusters = read_table(cfg.inputs.items), read_table(cfg.inputs.clusters)
     assert items.num_rows == 100 and clusters.num_rows == 20

@@ -1,0 +1,113 @@
+"""Replace an input target only when this project wrote it.
+
+The `inputs.*` keys may name production data (`s3://logs/...`), and jobs.simulate and
+jobs.ingest replace their targets, so they only ever delete or overwrite what they wrote: a
+folder holding MARKER, or a file with its sidecar recording the file's size and stamp. Readers
+skip names starting with `_`, so the markers never reach the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+
+import pyarrow as pa
+
+from common.cli import InputError
+from common.storage import file_stamps, fsspec_for, is_s3, join, local_path, read_json, write_json
+from common.tables_io import write_parquet
+
+# Written into every interactions folder these jobs write; readers skip names starting with `_`.
+MARKER = "_written_by_next_interest.json"
+SIDECAR = ".written_by_next_interest.json"
+
+
+def sidecar(uri: str) -> str:
+    """The marker of a single-file target: `_<name>.written_by_next_interest.json` beside it."""
+    base = uri.rstrip("/") if is_s3(uri) else local_path(uri)
+    parent, name = posixpath.split(base)
+    return join(parent, f"_{name}{SIDECAR}")
+
+
+def check_replaceable(uri: str, key: str, job: str) -> None:
+    """InputError unless uri is absent, a folder with no file, or what these jobs wrote.
+
+    The inputs.* keys may name production data (s3://logs/...), which a synthetic or converted
+    run must never delete or overwrite. A folder is ours when it holds MARKER; a file when its
+    sidecar records the file's current size and stamp, so a file put there later by someone
+    else is not ours even if an old sidecar survived.
+    """
+    fs, path = fsspec_for(uri)
+    if not fs.exists(path):
+        return
+    how = (
+        f"{job} replaces {key}, so it refuses to. Point {key} at a new path (--set "
+        f"{key}=PATH), or delete {uri} yourself if it is disposable."
+    )
+    if fs.isdir(path):
+        if fs.find(path) and not fs.exists(posixpath.join(path, MARKER)):
+            raise InputError(
+                f"{key} {uri} holds data that jobs.simulate or jobs.ingest did not "
+                f"write (no {MARKER} in it); {how}"
+            )
+        return
+    mark = sidecar(uri)
+    if not fs.exists(fsspec_for(mark)[1]) or read_json(mark).get("stamps") != file_stamps(uri):
+        raise InputError(
+            f"{key} {uri} is a file that jobs.simulate or jobs.ingest did not "
+            f"write, or that changed since (no matching {mark}); {how}"
+        )
+
+
+def clear_target(uri: str, key: str, job: str) -> None:
+    """Delete what an earlier run of these jobs wrote at uri (check_replaceable first)."""
+    check_replaceable(uri, key, job)
+    fs, path = fsspec_for(uri)
+    if fs.exists(path) and (fs.isfile(path) or fs.find(path)):
+        fs.rm(path, recursive=fs.isdir(path))
+    mark = fsspec_for(sidecar(uri))[1]
+    if fs.exists(mark):
+        fs.rm(mark)
+
+
+def mark_written(uri: str, job: str, folder: bool) -> None:
+    """Record that `job` wrote uri: MARKER in a folder before its files are written (a crashed
+    run's leftovers stay replaceable), a sidecar with the file's stamps after a file is."""
+    note = {
+        "job": job,
+        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "why": "jobs.simulate and jobs.ingest replace only what carries this marker",
+    }
+    if folder:
+        write_json(join(uri, MARKER), note)
+    else:
+        write_json(sidecar(uri), {**note, "stamps": file_stamps(uri)})
+
+
+def write_input_file(table: pa.Table, uri: str, job: str) -> None:
+    """Write an items or clusters file and its sidecar."""
+    write_parquet(table, uri)
+    mark_written(uri, job, folder=False)
+
+
+def claim_inputs(cfg, job: str) -> None:
+    """Check the three input targets (every refusal before anything is deleted), then clear
+    them for `job` to write."""
+    targets = [
+        (cfg.inputs.interactions, "inputs.interactions"),
+        (cfg.inputs.items, "inputs.items"),
+        (cfg.inputs.clusters, "inputs.clusters"),
+    ]
+    for uri, key in targets:
+        check_replaceable(uri, key, job)
+    for uri, key in targets:
+        clear_target(uri, key, job)
+
+
+# What the jobs' --help says about their targets.
+REPLACE_NOTE = (
+    f"inputs.items and inputs.clusters get a sidecar _NAME{SIDECAR}, a log folder the marker "
+    f"{MARKER}. An existing target is replaced only when this project's jobs wrote it (its "
+    "marker or sidecar); anything else is refused, never deleted or overwritten"
+)
+
