@@ -131,11 +131,14 @@ def read_file(uri: str) -> pa.Table:
     if fs.get_file_info(path).size == 0:
         raise InputError(f"interactions file is empty: {uri}")
     try:
-        if path.endswith((".csv", ".csv.gz", ".tsv")):
+        if path.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
             with fs.open_input_stream(path) as f:
                 # An empty CSV field is a missing value, for text ids too.
                 table = pacsv.read_csv(
-                    f, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+                    f,
+                    parse_options=pacsv.ParseOptions(delimiter="\t" if ".tsv" in path else ","),
+                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+                )
         else:
             table = pq.read_table(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as e:

@@ -178,3 +178,20 @@ def test_the_same_rules_hold_on_s3(s3_bucket, tmp_path):
     ingest.run(ingest_cfg(tmp_path, f"root={s3_bucket}/ni", f"inputs.interactions={target}"))
     ingest.run(ingest_cfg(tmp_path, f"root={s3_bucket}/ni", f"inputs.interactions={target}"))
     assert fs.cat(target[5:]).startswith(b'"user_id"')
+
+
+@pytest.mark.parametrize("name", ["log.tsv", "log.tsv.gz"])
+def test_a_tab_separated_log_reads_by_its_name(tmp_path, name):
+    """`.tsv` was parsed with commas: every row one column, "missing column(s)"."""
+    from common.inputs import read_file
+
+    text = "user_id\titem_id\tts\nu1\t7\t2026-01-01T10:00:00\nu2\t8\t1767261600\n"
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    table = read_file(str(path))
+    assert table.column_names == ["user_id", "item_id", "ts"]
+    assert table["user_id"].to_pylist() == ["u1", "u2"] and table["item_id"].to_pylist() == [7, 8]
