@@ -16,16 +16,28 @@ own suffix only. Three ways to turn the model into answers (issue 4):
 
 Excluded clusters (c1, c2 of the row) are masked before normalising, so they never appear and
 their probability mass is shared by the others. Runs on CPU or GPU without Ray.
+
+Name logits are the model's own, computed in fp32 from the gathered head rows whatever the model's
+dtype (bf16 logits come in steps of 1/8 at magnitude 16-32: exact ties and rank noise), with the
+head's bias and the config's logit transform (Granite, Cohere, Gemma-2). Masks are boolean for
+SDPA and additive for eager attention (Gemma-2's). At load a probe compares the scorer's logits
+with the model's own full forward: a model it would score wrongly (another head transform or
+attention scheme) is refused (`ModelError`), never scored silently wrong.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from common.prompts import clean
+
+log = logging.getLogger(__name__)
 NEG = -1e9  # finite "minus infinity": keeps matmuls free of nan
+PROBE_TOKENS = 8  # suffix tokens of the load-time check that our logits are the model's
 
 
 @dataclass
@@ -77,18 +89,33 @@ class PrefixScorer:
         end_token_id=None,
         group_lines: bool = True,
     ):
+        from common.model import ModelError
+
         self.model = model.eval()
         self.group_lines = group_lines  # verbalize: share each batch's repeated first lines
         self.tokenizer = tokenizer
         self.names = list(names)
         self.decoder = model.get_decoder()
-        self.head = model.get_output_embeddings().weight  # (vocab, hidden)
+        out_emb = model.get_output_embeddings()
+        if out_emb is None or getattr(out_emb, "weight", None) is None:
+            raise ModelError(f"{type(model).__name__} has no output embeddings to score names with")
+        self.head = out_emb.weight  # (vocab, hidden)
+        self.bias = getattr(out_emb, "bias", None)  # (vocab,) or None (Phi has one)
+        self.scale, self.softcap = logit_transform(model.config)
+        self.attn = getattr(model.config, "_attn_implementation", None) or "eager"
+        if self.attn not in ("sdpa", "eager"):
+            raise ModelError(
+                f"attention implementation {self.attn!r} cannot take the scorer's per-row masks: "
+                "load the model with attn_implementation='sdpa' or 'eager'"
+            )
         self.device = self.head.device
         self.end_id = tokenizer.eos_token_id if end_token_id is None else end_token_id
+        # Names as prompts render and fine-tuning answers them: on one line, trimmed.
         self.name_tokens = [
-            tokenizer(n, add_special_tokens=False)["input_ids"] + [self.end_id] for n in names
+            tokenizer(clean(n), add_special_tokens=False)["input_ids"] + [self.end_id]
+            for n in names
         ]
-        self.name_index = {n: i for i, n in enumerate(self.names)}
+        self.name_index = {clean(n): i for i, n in enumerate(self.names)}
         self.max_name_tokens = max(len(t) for t in self.name_tokens)
         self.trie = Trie.build(self.name_tokens)
         self._plan()
@@ -98,11 +125,99 @@ class PrefixScorer:
         self.n_params = sum(
             p.numel() for n, p in self.decoder.named_parameters() if "embed_tokens" not in n
         )
-        with torch.inference_mode():
-            ids = torch.tensor([self.prefix_ids], device=self.device)
-            out = self.decoder(input_ids=ids, use_cache=True)
-            self.prefix_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self.n_layers = self.decoder.config.num_hidden_layers
+        self.prefix_kv = []  # no prefix: every row starts from an empty cache
+        if self.P:
+            with torch.inference_mode():
+                ids = torch.tensor([self.prefix_ids], dtype=torch.long, device=self.device)
+                out = self.decoder(input_ids=ids, use_cache=True)
+                self.prefix_kv = [(la.keys, la.values) for la in out.past_key_values.layers]
+            self.n_layers = len(self.prefix_kv)
         self._count(self.P, self.P)
+        self._check(model)
+
+    def _check(self, model) -> None:
+        """Refuse a model the scorer would score wrongly. Two comparisons on a probe (a name's
+        tokens after the prefix, then the deepest appended trie path): the head, our logits of
+        the decoder's states against the model's own logits of the same forward (an output
+        transform we do not know); the path, the states through the prefix cache, suffix and
+        tree mask against a plain forward's (an attention or position scheme we do not know).
+        Bounds leave room for rounding: bf16 logits are 2^-8 relative, and a cached bf16
+        forward drifts ~2% of the largest logit from an uncached one (SmolLM2-135M)."""
+        from common.model import ModelError
+
+        probe = self.name_tokens[0][:PROBE_TOKENS]
+        toks = torch.unique(self.edge_tok[self.edge_ok]).to(self.device)
+        reduced = self.head.dtype != torch.float32 or torch.is_autocast_enabled(self.device.type)
+        flops = self.flops
+        with torch.inference_mode():
+            h, _, L, _ = self._forward([probe], ext=True)
+            checks = [(probe, h[0, len(probe) - 1])]
+            if self.ext_tokens:
+                i = int(np.argmax(self.ext_depth))
+                node = self.ext_nodes[i]
+                name = next(j for j, path in enumerate(self.trie.name_paths) if node in path)
+                path = self.name_tokens[name][: self.trie.name_paths[name].index(node) + 1]
+                checks.append((probe + path, h[0, L + i]))
+            errors = {"head": [0.0, 0.0], "path": [0.0, 0.0]}
+            for ids, cached in checks:
+                full = torch.tensor([self.prefix_ids + ids], dtype=torch.long, device=self.device)
+                want = model(input_ids=full).logits[0, -1, toks].float()
+                plain = self._logits(self.decoder(input_ids=full).last_hidden_state[0, -1], toks)
+                top = 1.0 + float(want.abs().max())
+                for key, got, ref, tol in (
+                    ("head", plain, want, 0.02),
+                    ("path", self._logits(cached, toks), plain, 0.1 if reduced else 0.01),
+                ):
+                    errors[key][0] = max(errors[key][0], float((got - ref).abs().max()))
+                    errors[key][1] = max(errors[key][1], tol * top)
+        self.flops = flops  # the check is not bulk work
+        self.check_errors = errors  # {check: [largest logit error, its bound]}
+        for key, (err, bound) in errors.items():
+            if key == "path" and not err <= bound and quantized(model):
+                # Dynamically quantized activations take their scale from the whole batch, so
+                # no two batchings agree exactly: said, not refused (bench/int8_scoring.py).
+                log.warning("quantized model: cached scoring is off by %.3g logits", err)
+                continue
+            if not err <= bound:
+                what = (
+                    "its logits are not its output embeddings' (with bias, logits_scaling, "
+                    "logit_scale, final_logit_softcapping) of the decoder's last state"
+                    if key == "head"
+                    else "its states through a prefix cache and a tree-shaped mask are not "
+                    "a plain forward's"
+                )
+                raise ModelError(
+                    f"{type(model).__name__} ({model.config.model_type}) is not supported by "
+                    f"the verbalizer: {what} (largest logit error {err:.3g} > {bound:.3g})"
+                )
+
+    def _mask(self, ok: torch.Tensor) -> torch.Tensor:
+        """The attention mask the model's attention takes: SDPA a boolean one, eager attention
+        an additive one (it adds the mask to the scores: a boolean would add 0 or 1)."""
+        ok = ok.to(self.device)
+        if self.attn == "sdpa":
+            return ok
+        dtype = self.head.dtype
+        return torch.zeros(ok.shape, dtype=dtype, device=self.device).masked_fill(
+            ~ok, torch.finfo(dtype).min
+        )
+
+    def _logits(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (..., T) of `states` (..., H) for token ids `tokens` (T,), as the model's
+        head computes them, on the model's device. Only the T head rows are cast to fp32."""
+        with torch.autocast(self.device.type, enabled=False):
+            logits = states.float() @ self.head[tokens].float().T
+            if self.bias is not None:
+                logits = logits + self.bias[tokens].float()
+            return self._transform(logits)
+
+    def _transform(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
     # ---- the trie plan: which tokens to append and where each branching node's state lives ----
     def _plan(self) -> None:
@@ -161,12 +276,9 @@ class PrefixScorer:
     def _count(self, q_tokens: int, kv_tokens: float) -> None:
         """2 FLOPs per parameter per token, plus attention (QK^T and AV: 4 x hidden x keys)."""
         hidden = self.head.shape[1]
-        layers = (
-            len(self.prefix_kv)
-            if hasattr(self, "prefix_kv")
-            else self.decoder.config.num_hidden_layers
+        self.flops += (
+            2.0 * self.n_params * q_tokens + 4.0 * hidden * self.n_layers * q_tokens * kv_tokens
         )
-        self.flops += 2.0 * self.n_params * q_tokens + 4.0 * hidden * layers * q_tokens * kv_tokens
 
     # ---- the batched forward over prefix cache + ragged suffixes (+ appended trie tokens) ----
     def _suffix_ids(self, suffixes: list[str]) -> list[list[int]]:
@@ -197,7 +309,13 @@ class PrefixScorer:
         else:
             kv, ok, start = base
             cache, K = DynamicCache(ddp_cache_data=kv), ok.shape[1]
-        lens = torch.tensor([len(s) for s in suffix_ids])
+        lens = torch.tensor([len(s) for s in suffix_ids], dtype=torch.long)
+        if B and int(lens.min()) == 0:
+            # A row's state is its last suffix token's: with none it would read another position.
+            raise ValueError(
+                "every prompt must keep at least one token after the shared prefix "
+                "(common.prompts.common_prefix cuts so)"
+            )
         L = int(lens.max())
         E = len(self.ext_tokens) if ext else 0
         Q = L + E
@@ -220,7 +338,7 @@ class PrefixScorer:
         out = self.decoder(
             input_ids=ids.to(self.device),
             position_ids=pos.to(self.device),
-            attention_mask=mask.to(self.device),
+            attention_mask=self._mask(mask),
             past_key_values=cache,
             use_cache=True,
         )
@@ -285,8 +403,13 @@ class PrefixScorer:
             for e in self.branch_ext:
                 states.append(h[rows, lens - 1] if e < 0 else h[:, L + e])
             hb = torch.stack(states, dim=1)  # (B, J, H)
-            w = self.head[self.edge_tok.to(self.device)]  # (J, C, H)
-            logits = torch.einsum("bjh,jch->bjc", hb, w).float().cpu()
+            edge = self.edge_tok.to(self.device)  # (J, C)
+            with torch.autocast(self.device.type, enabled=False):
+                w = self.head[edge].float()  # (J, C, H): fp32 rows, see the module docstring
+                logits = torch.einsum("bjh,jch->bjc", hb.float(), w)
+                if self.bias is not None:
+                    logits = logits + self.bias[edge].float()
+                logits = self._transform(logits).cpu()
         # The bookkeeping stays float32 under a caller's bf16 autocast (the fine-tune's held-out
         # scoring): bf16 log-probs would tie distinct names and cannot become numpy arrays.
         with torch.inference_mode(), torch.autocast("cpu", enabled=False):
@@ -330,16 +453,24 @@ class PrefixScorer:
             steps = 0
             while beams:
                 cand: dict[int, list[tuple[float, int, int, int]]] = {}
-                logits = (state @ self.head.T).float().cpu()  # (beams, vocab)
-                for i, (b, node, lp, _) in enumerate(beams):
-                    kids = [
+                # fp32 logits of the tokens some beam may take next (not the whole vocabulary).
+                live = [
+                    [
                         (t, c)
                         for t, c in self.trie.children[node].items()
                         if self._alive(c, banned[b])
                     ]
+                    for b, node, _, _ in beams
+                ]
+                union = sorted({t for kids in live for t, _ in kids})
+                col = {t: j for j, t in enumerate(union)}
+                tok_ids = torch.tensor(union, dtype=torch.long, device=self.device)
+                logits = self._logits(state, tok_ids).cpu() if union else None
+                for i, (b, _, lp, _) in enumerate(beams):
+                    kids = live[i]
                     if not kids:
                         continue
-                    toks = torch.tensor([t for t, _ in kids])
+                    toks = torch.tensor([col[t] for t, _ in kids])
                     lps = torch.log_softmax(logits[i, toks], dim=0).tolist()
                     for (t, c), step_lp in zip(kids, lps, strict=True):
                         cand.setdefault(b, []).append((lp + step_lp, c, t, i))
@@ -364,7 +495,7 @@ class PrefixScorer:
                 out = self.decoder(
                     input_ids=ids.to(self.device),
                     position_ids=pos[:, None].to(self.device),
-                    attention_mask=kv_ok[:, None, None, :].to(self.device),
+                    attention_mask=self._mask(kv_ok[:, None, None, :]),
                     past_key_values=cache,
                     use_cache=True,
                 )
@@ -403,7 +534,12 @@ class PrefixScorer:
             out_ids = [[] for _ in range(B)]
             finished = torch.zeros(B, dtype=torch.bool)
             for step in range(steps):
-                tok = (state @ self.head.T).float().argmax(dim=-1).cpu()
+                # Greedy over the whole vocabulary in the model's dtype, as its own generate()
+                # does; the bias and the transform as its head applies them.
+                logits = (state @ self.head.T).float()
+                if self.bias is not None:
+                    logits = logits + self.bias.float()
+                tok = self._transform(logits).argmax(dim=-1).cpu()
                 for b in range(B):
                     if not finished[b]:
                         if tok[b].item() == self.end_id:
@@ -416,7 +552,7 @@ class PrefixScorer:
                 out = self.decoder(
                     input_ids=tok[:, None].to(self.device),
                     position_ids=(self.P + lens + step)[:, None].to(self.device),
-                    attention_mask=kv_ok[:, None, None, :].to(self.device),
+                    attention_mask=self._mask(kv_ok[:, None, None, :]),
                     past_key_values=cache,
                     use_cache=True,
                 )
@@ -427,5 +563,32 @@ class PrefixScorer:
         return [t.split("\n", 1)[0].strip() for t in texts]
 
     def match(self, text: str) -> int | None:
-        """Name index of an exact match, else None (the paper's mapping of free answers)."""
-        return self.name_index.get(text)
+        """Name index of an exact match, else None (the paper's mapping of free answers); a
+        name with stray whitespace in the catalog matches its one-line, trimmed form."""
+        return self.name_index.get(clean(text))
+
+
+def quantized(model) -> bool:
+    """Whether some layer of the model is quantized (torch.ao, or a Hugging Face quantizer)."""
+    return bool(getattr(model, "is_quantized", False)) or any(
+        ".quantized." in type(m).__module__ for m in model.modules()
+    )
+
+
+def logit_transform(config) -> tuple[float, float | None]:
+    """(scale, softcap) the model applies to its head's output, from its config: Granite divides
+    by `logits_scaling`, Cohere multiplies by `logit_scale`, Gemma-2 caps with
+    tanh(x / c) * c (`final_logit_softcapping`). Other transforms fail PrefixScorer's check."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    def read(name):
+        value = getattr(text, name, None)
+        return getattr(config, name, None) if value is None else value
+
+    scale = 1.0
+    if isinstance(read("logits_scaling"), (int, float)) and read("logits_scaling"):
+        scale /= float(read("logits_scaling"))
+    if isinstance(read("logit_scale"), (int, float)):
+        scale *= float(read("logit_scale"))
+    cap = read("final_logit_softcapping")
+    return scale, (float(cap) if isinstance(cap, (int, float)) and cap else None)
