@@ -14,12 +14,17 @@ Short on purpose: every token is paid for per pair per refresh (992 pairs for 32
 14,280 for 120). No list of all clusters: answers are tied to real clusters by scoring only
 cluster names (common/scoring.py), and a list would add ~1k tokens to every training example.
 The RAG line is left out when no successor was retrieved, so the no-RAG prompt of a pair is the
-RAG prompt with no evidence. Every line ends with a newline, so the cut that jobs/infer.py
+RAG prompt with no evidence. Every line ends with a newline, so the cut that
 `common_prefix` makes (after the last shared newline) is a clean token boundary.
+
+Any Hugging Face model dir must work: a tokenizer without a chat template (a base model) gets a
+plain layout (`plain_prompt`: the task, a blank line, the user text, an answer cue line), and a
+template that refuses a system turn (Gemma's) gets the task at the top of the user turn.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 from common.catalog import Catalog
@@ -28,6 +33,7 @@ SYSTEM = "Predict the next interest cluster a user explores. Answer with its nam
 CHATML_END = "<|im_end|>"  # ends a turn in ChatML (SmolLM2, tests/tiny_model.py); the eos token
 MAX_DESCRIPTION_CHARS = 80
 RAG_SEPARATOR = "; "  # names may hold commas (MovieLens genre combinations: "Action, Comedy & War")
+ANSWER_CUE = "Answer:"  # the last line of a plain prompt; the name follows on the next line
 
 
 def clean(text: str) -> str:
@@ -44,18 +50,27 @@ def short_description(text: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
     return cut + "..."
 
 
+def name_text(catalog: Catalog, cluster_id: int) -> str:
+    """The cluster's name as prompts and answers spell it: on one line, trimmed (a catalog
+    name with a newline or stray spaces could never be generated back; PrefixScorer scores
+    and matches this form)."""
+    return clean(catalog.name(cluster_id))
+
+
 def describe(catalog: Catalog, cluster_id: int) -> str:
     """`name - description` (or the name alone when the description is empty)."""
-    name = catalog.name(cluster_id)
+    name = name_text(catalog, cluster_id)
     desc = short_description(catalog.description(cluster_id))
     return f"{name} - {desc}" if desc else name
 
 
 def user_text(catalog: Catalog, c1: int, c2: int, rag: list[int] | None) -> str:
-    """The pair-specific user turn; `rag` names the retrieved successors in rank order."""
+    """The pair-specific user turn; `rag` names the retrieved successors in rank order, less
+    any the catalog no longer holds (the counts outlive a cluster dropped from it)."""
     lines = [f"Previous: {describe(catalog, c1)}", f"Current: {describe(catalog, c2)}"]
-    if rag:
-        names = RAG_SEPARATOR.join(catalog.name(c) for c in rag)
+    known = [c for c in rag or [] if c in catalog]
+    if known:
+        names = RAG_SEPARATOR.join(name_text(catalog, c) for c in known)
         lines.append(f"Recent next: {names}")
     return "\n".join(lines)
 
@@ -69,23 +84,40 @@ def messages(catalog: Catalog, c1: int, c2: int, rag: list[int] | None) -> list[
     ]
 
 
+def plain_prompt(chat: list[dict]) -> str:
+    """The prompt of a model without a chat template: the system text, a blank line, the user
+    text, then the answer cue on its own line (so the answer starts a line, as in a template)."""
+    system = "\n".join(m["content"] for m in chat if m["role"] == "system")
+    user = "\n".join(m["content"] for m in chat if m["role"] != "system")
+    return f"{system}\n\n{user}\n{ANSWER_CUE}\n" if system else f"{user}\n{ANSWER_CUE}\n"
+
+
 def render_prompt(tokenizer, catalog: Catalog, c1: int, c2: int, rag: list[int] | None) -> str:
     """The chat-templated prompt text for (c1, c2), ending exactly where the answer begins (after
-    the template's assistant header). `rag`: retrieved successor ids (None or [] for no RAG)."""
-    return tokenizer.apply_chat_template(
-        messages(catalog, c1, c2, rag), add_generation_prompt=True, tokenize=False
-    )
+    the template's assistant header). `rag`: retrieved successor ids (None or [] for no RAG).
+    Without a chat template, `plain_prompt`; a template that rejects the system role gets the
+    task as the head of the user turn. Fine-tuning and inference both call this, so they agree."""
+    chat = messages(catalog, c1, c2, rag)
+    if getattr(tokenizer, "chat_template", None) is None:
+        return plain_prompt(chat)
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    except TemplateError:  # "System role not supported" (raise_exception in the template)
+        merged = [{"role": "user", "content": f"{SYSTEM}\n\n{chat[1]['content']}"}]
+        return tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
 
 
 def answer_text(catalog: Catalog, c3: int, tokenizer=None) -> str:
-    """The target text: the cluster name (as the catalog spells it: PrefixScorer scores the raw
-    names), then the end-of-turn token that closes it.
+    """The target text: the cluster name (`name_text`, as PrefixScorer scores it), then the
+    end-of-turn token that closes it.
 
     common/scoring.py PrefixScorer scores each name as its tokens followed by the tokenizer's
     eos id (`<|im_end|>` for ChatML models); this is that, as text. `tokenizer` picks its eos
     token; without one, ChatML's."""
     end = tokenizer.eos_token if tokenizer is not None else CHATML_END
-    return catalog.name(c3) + end
+    return name_text(catalog, c3) + end
 
 
 def answer_ids(tokenizer, catalog: Catalog, c3: int) -> list[int]:
@@ -93,7 +125,7 @@ def answer_ids(tokenizer, catalog: Catalog, c3: int) -> list[int]:
     tokens added), then the eos id. Append them to `prompt_ids(...)` for a training example so the
     loss is on the very tokens inference scores (tokenizing prompt + answer as one string could
     merge tokens across the boundary)."""
-    return list(tokenizer(catalog.name(c3), add_special_tokens=False)["input_ids"]) + [
+    return list(tokenizer(name_text(catalog, c3), add_special_tokens=False)["input_ids"]) + [
         tokenizer.eos_token_id
     ]
 
@@ -101,3 +133,12 @@ def answer_ids(tokenizer, catalog: Catalog, c3: int) -> list[int]:
 def prompt_ids(tokenizer, text: str) -> list[int]:
     """Token ids of a rendered prompt (the template already holds its special tokens)."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def common_prefix(prompts: list[str]) -> str:
+    """The prompts' shared text up to and including its last newline (a clean token boundary),
+    leaving every prompt at least its last character: the scorer reads each row's state at its
+    last suffix token, so identical prompts (a run of one pair) must not be all prefix."""
+    prefix = os.path.commonprefix([p[:-1] for p in prompts])
+    cut = prefix.rfind("\n")
+    return prefix[: cut + 1] if cut >= 0 else ""

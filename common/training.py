@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.prompts import common_prefix
+
 log = logging.getLogger(__name__)
 DAY = dt.timedelta(days=1)
 
@@ -100,13 +102,6 @@ def snapshot_as_of(transitions: pa.Table, day: dt.date, window_days: int, top_n:
     d = transitions["day"]
     window = transitions.filter(pc.and_(pc.greater_equal(d, lo), pc.less(d, hi)))
     return retrieval.build_snapshot(window, day, window_days, top_n)
-
-
-def common_prefix(prompts: list[str]) -> str:
-    """The prompts' shared text up to and including its last newline (as jobs/infer.py cuts)."""
-    prefix = os.path.commonprefix(prompts)
-    cut = prefix.rfind("\n")
-    return prefix[: cut + 1] if cut >= 0 else ""
 
 
 @dataclass

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 
@@ -27,8 +28,9 @@ from common.catalog import Catalog, load_catalog
 from common.cli import InputError, job_parser, run_main
 from common.config import Config, InferConfig
 from common.evaluation import hit_rates
-from common.lookup import GLOBAL, Lookup, padded_rows, rows_by_key
+from common.lookup import GLOBAL, Lookup, known_mask, padded_rows, rows_by_key
 from common.model import ModelError
+from common.prompts import common_prefix
 from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
 from common.tables_io import read_table
 from common.transitions import list_days, read_transitions, top_pairs
@@ -128,13 +130,6 @@ def only_pairs(events: pa.Table, pairs: list[tuple[int, int]]) -> pa.Table:
     )
     wanted = pa.array([(a << 32) + b for a, b in pairs], pa.int64())
     return events.filter(pc.is_in(keys, value_set=wanted))
-
-
-def common_prefix(prompts: list[str]) -> str:
-    """The prompts' shared text up to and including its last newline (a clean token boundary)."""
-    prefix = os.path.commonprefix(prompts)
-    cut = prefix.rfind("\n")
-    return prefix[: cut + 1] if cut >= 0 else ""
 
 
 # ---------------------------------------------------------------- data the job reads
@@ -437,12 +432,15 @@ def rows_to_answers(rows: list[dict], catalog: Catalog) -> Answers:
 
 
 def free_to_answers(rows: list[dict], catalog: Catalog) -> tuple[Answers, int]:
-    """Free-generation rows -> ({pair: [(matched c3, 1.0)]}, how many named a real cluster)."""
-    index = {n: c for c, n in zip(catalog.ids, catalog.names, strict=True)}
+    """Free-generation rows -> ({pair: [(matched c3, 1.0)]}, how many named a real cluster).
+    Names match in the one-line, trimmed form prompts and answers use (prompts.name_text)."""
+    from common.prompts import clean
+
+    index = {clean(n): c for c, n in zip(catalog.ids, catalog.names, strict=True)}
     out: Answers = {}
     valid = 0
     for r in rows:
-        c3 = index.get(r["text"])
+        c3 = index.get(clean(r["text"]))
         if c3 is not None:
             valid += 1
             out[(r["c1"], r["c2"])] = [(c3, 1.0)]
@@ -569,7 +567,9 @@ def run(cfg: Config) -> dict:
     # Guard data: held-out days [d - h, d) and the shadow build as of d - h (see common/guards.py).
     gday = day - g.holdout_days * DAY
     held = read_transitions(cfg.root, gday, day)
-    gpairs = top_pairs(held, g.max_pairs)
+    # Only pairs of the catalog get a prompt: counts may name a cluster dropped from it since.
+    known = pc.and_(known_mask(held["c1"], catalog), known_mask(held["c2"], catalog))
+    gpairs = top_pairs(held.filter(known), g.max_pairs)
     shadow_snap, _ = snapshot_for(cfg, gday)
     shadow_backoff = publish.build_backoff(
         shadow_snap["global"], read_transitions(cfg.root, gday - W * DAY, gday), catalog, k
@@ -743,13 +743,19 @@ def main(argv: list[str] | None = None) -> dict:
         "override in the manifest. A table for a day before the served table's is written but "
         "not published (CURRENT never moves back in time).\n"
         "Speed knobs: infer.batch_size, infer.pool_size (Ray Data actors), infer.threads, "
-        "infer.num_gpus. The one-line JSON result holds pairs_per_s and mfu.",
+        "infer.num_gpus. The one-line JSON result holds pairs_per_s and mfu.\n"
+        "Exit status: 0 when the table was published; 1 when it was not (a guard failed, or a "
+        "day before the served table's), after the JSON line, which says why ('reason'); so "
+        "`ray job submit` reports such a run as FAILED.",
         reads="stats/transitions/, retrieval/ (or builds it), inputs.clusters, inputs.items, "
         "stats/items/, the model and adapters/",
         writes="tables/<version>/ and tables/CURRENT (when the guards pass), "
         "reports/<report>/infer-<day>-<strategy>.json",
     )
-    return run_main(parser, run, argv)
+    summary = run_main(parser, run, argv)
+    if not summary["published"]:
+        sys.exit(1)  # the summary line is printed; CURRENT did not move to this table
+    return summary
 
 
 if __name__ == "__main__":

@@ -131,3 +131,90 @@ def test_packaged_model_prompt_is_short():
     text = prompts.render_prompt(tok, CATALOG, 3, 7, [11])
     assert text.startswith(HEAD) and "SmolLM" not in text
     assert len(prompts.prompt_ids(tok, text)) < 100
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizer(tiny_model_dir):
+    """The tiny tokenizer without its chat template: a base model's."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    return tok
+
+
+def test_golden_without_a_chat_template(plain_tokenizer):
+    text = prompts.render_prompt(plain_tokenizer, CATALOG, 3, 7, [11])
+    assert text == (
+        "Predict the next interest cluster a user explores. Answer with its name only.\n\n"
+        "Previous: sourdough baking - Starters, long ferments and open-crumb loaves.\n"
+        "Current: trail running - Off-road running, ultras, shoes and mountain routes.\n"
+        "Recent next: jazz guitar\n"
+        "Answer:\n"
+    )
+    # The answer starts on its own line: prompt + answer tokenizes as the two apart.
+    ids = prompts.answer_ids(plain_tokenizer, CATALOG, 20)
+    whole = plain_tokenizer(
+        text + prompts.answer_text(CATALOG, 20, plain_tokenizer), add_special_tokens=False
+    )
+    assert whole["input_ids"] == prompts.prompt_ids(plain_tokenizer, text) + ids
+
+
+def test_a_template_without_a_system_role_gets_the_task_in_the_user_turn(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    gemma_like = AutoTokenizer.from_pretrained(tiny_model_dir)
+    gemma_like.chat_template = (
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    text = prompts.render_prompt(gemma_like, CATALOG, 11, 20, None)
+    assert text == (
+        "<|im_start|>user\n"
+        "Predict the next interest cluster a user explores. Answer with its name only.\n\n"
+        "Previous: jazz guitar\n"
+        "Current: Action, Comedy & War - Movies tagged Action, Comedy & War, such as a very long "
+        "list of titles that...<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_training_examples_without_a_chat_template(plain_tokenizer):
+    """The fine-tune builds its examples with the same plain layout inference scores."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from common import training
+
+    day = dt.date(2026, 3, 20)
+    ids = CATALOG.ids
+    rows = [
+        (day - dt.timedelta(days=d), a, b, c, 3)
+        for d in range(1, 12)
+        for a in ids
+        for b in ids
+        for c in ids[:2]
+        if len({a, b, c}) == 3
+    ]
+    cols = list(zip(*rows, strict=True))
+    counts = pa.table(
+        {
+            "day": pa.array(cols[0], pa.date32()),
+            "c1": pa.array(cols[1], pa.int32()),
+            "c2": pa.array(cols[2], pa.int32()),
+            "c3": pa.array(cols[3], pa.int32()),
+            "count": pa.array(cols[4], pa.int64()),
+        }
+    )
+    spec = training.DataSpec(day=day, window_days=6, holdout_days=2, rag_window_days=4)
+    data = training.build_data(spec, counts, CATALOG, plain_tokenizer)
+    assert data["train"] and data["eval"]["suffixes"]
+    assert data["prefix"] == prompts.SYSTEM + "\n\n"
+    for prompt, answer in data["train"]:
+        assert plain_tokenizer.decode(prompt).endswith("\nAnswer:\n")
+        assert answer[-1] == plain_tokenizer.eos_token_id
