@@ -109,8 +109,12 @@ def create_new(uri: str, text: str) -> bool:
     if is_s3(uri):
         try:
             fs.pipe_file(path, text.encode(), mode="create")
-        except FileExistsError:
+        except FileExistsError:  # 412: the object exists
             return False
+        except OSError as e:  # 409 ConditionalRequestConflict: another create is under way
+            if "Conflict" in str(e):
+                return False
+            raise
         return True
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:

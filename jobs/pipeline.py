@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -37,6 +38,7 @@ from common.config import Config, ConfigError, PipelineConfig
 from common.storage import (
     create_new,
     exists,
+    fsspec_for,
     pipeline_state,
     read_current,
     read_json,
@@ -233,9 +235,20 @@ def save_state(root: str, state: dict) -> None:
     write_json(pipeline_state(root), state)
 
 
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of pid (/proc/<pid>/stat field 22), None where unknown: a pid
+    alone could be reused by an unrelated process after the tick died."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def lock_holder_gone(holder: dict) -> bool:
     """True when the lock's holder was a process on this host that no longer runs (a killed
-    tick); a holder on another host cannot be checked from here."""
+    tick; its pid gone, or reused by a process started at another time); a holder on another
+    host cannot be checked from here."""
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
     try:
@@ -244,7 +257,67 @@ def lock_holder_gone(holder: dict) -> bool:
         return True
     except PermissionError:  # alive, under another user
         return False
-    return False
+    started = holder.get("proc_start")
+    return started is not None and process_start(holder["pid"]) not in (None, started)
+
+
+UNREADABLE_LOCK_S = 60  # a lock file still empty after this was cut short by a kill
+
+
+def lock_age_s(uri: str) -> float:
+    """Seconds since the lock file was written (local mtime or S3 LastModified)."""
+    fs, path = fsspec_for(uri)
+    stamp = fs.info(path).get("mtime") or fs.info(path).get("LastModified")
+    if isinstance(stamp, dt.datetime):
+        return (dt.datetime.now(dt.UTC) - stamp).total_seconds()
+    return time.time() - float(stamp)
+
+
+def read_lock(uri: str) -> dict | None:
+    """The lock's holder; None when there is no lock; {} when it cannot be read (being
+    written, or cut short by a kill between its creation and its write)."""
+    try:
+        return read_json(uri)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}
+
+
+def take_lock(uri: str, me: dict) -> None:
+    """Create the lock as `me`, or take it over from a holder that is gone; InputError while a
+    live (or unknown) tick holds it.
+
+    Of several ticks that find the same holder gone, one takes over: each first creates the
+    marker `<lock>.taken-<pid>-<start>` atomically, and only its creator removes that holder's
+    lock, after checking it is still there; the marker goes once the creator's lock exists."""
+    text = json.dumps(me, sort_keys=True)
+    for _ in range(3):
+        if create_new(uri, text):
+            return
+        holder = read_lock(uri)
+        if holder is None:  # released meanwhile
+            continue
+        busy = InputError(
+            f"another tick holds {uri} ({json.dumps(holder, sort_keys=True)}): ticks of one "
+            "root run one at a time; wait for it, or delete the file if that tick is gone"
+        )
+        cut_short = holder == {} and lock_age_s(uri) > UNREADABLE_LOCK_S
+        if not (cut_short or lock_holder_gone(holder)):
+            raise busy
+        stamp = re.sub(r"[^0-9A-Za-z]", "", str(holder.get("started_at")))
+        marker = f"{uri}.taken-{holder.get('pid')}-{stamp}"
+        if not create_new(marker, text):  # another tick is taking it over
+            raise busy
+        try:
+            if read_lock(uri) == holder:
+                log.warning("taking over %s from a tick that is gone: %s", uri, holder)
+                remove(uri)
+            if create_new(uri, text):
+                return
+        finally:
+            remove(marker)
+    raise InputError(f"could not take {uri}: other ticks keep taking it")
 
 
 @contextlib.contextmanager
@@ -255,31 +328,14 @@ def tick_lock(root: str, day: dt.date):
     end; a lock left by a killed tick on this host is taken over, any other one is an error."""
     uri = tick_lock_uri(root)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "as_of": day.isoformat(),
-          "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    text = json.dumps(me, sort_keys=True)
-    if not create_new(uri, text):
-        try:
-            holder = read_json(uri)
-        except (FileNotFoundError, ValueError):  # released meanwhile, or being written
-            holder = {}
-        busy = InputError(
-            f"another tick holds {uri} ({json.dumps(holder, sort_keys=True)}): ticks of one "
-            "root run one at a time; wait for it, or delete the file if that tick is gone"
-        )
-        if not lock_holder_gone(holder):
-            raise busy
-        log.warning("taking over %s from a tick that is gone: %s", uri, holder)
-        remove(uri)
-        if not create_new(uri, text):  # another tick took it over first
-            raise busy
+          "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+          "proc_start": process_start(os.getpid())}
+    take_lock(uri, me)
     try:
         yield
     finally:
-        try:
-            if read_json(uri) == me:
-                remove(uri)
-        except (FileNotFoundError, ValueError):
-            pass
+        if read_lock(uri) == me:
+            remove(uri)
 
 
 def last_day(state: dict, step: str) -> dt.date | None:

@@ -430,3 +430,40 @@ def test_strategies_without_an_adapter_never_finetune(tmp_path):
             assert tick(cfg, day(i), steps)["status"] == "done"
         assert steps.days("finetune") == []
         assert steps.days("refresh") == [day(i) for i in (0, 3, 6, 9)]
+
+
+def test_one_tick_takes_over_a_dead_ticks_lock_and_a_cut_short_lock_ages_out(tmp_path):
+    """Two ticks that both found the same holder gone: the one that created the takeover
+    marker first takes over, the other is told the lock is busy. A pid reused by another
+    process does not keep a dead tick's lock; an empty lock (a kill between its creation and
+    its write) is taken over once it is a minute old, not before."""
+    import json
+    import os
+    import socket
+    import time
+
+    from common.storage import create_new, exists, tick_lock, write_text
+    from jobs.pipeline import lock_holder_gone, process_start, take_lock
+
+    cfg = load_config(None, [f"root={tmp_path}"])
+    lock = tick_lock(cfg.root)
+    dead = {"host": socket.gethostname(), "pid": dead_pid(), "started_at": "2026-03-01T02:30:00"}
+    write_text(lock, json.dumps(dead))
+    create_new(f"{lock}.taken-{dead['pid']}-20260301T023000", "another tick, mid-takeover")
+    with pytest.raises(InputError, match="another tick holds"):
+        take_lock(lock, {"who": "B"})
+    os.remove(f"{lock}.taken-{dead['pid']}-20260301T023000")  # that tick finished
+    take_lock(lock, {"who": "A"})
+    assert json.loads(open(lock).read()) == {"who": "A"}
+    assert sorted(os.listdir(os.path.dirname(lock))) == ["tick.lock"]  # no marker left
+
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    assert not lock_holder_gone({**me, "proc_start": process_start(os.getpid())})
+    assert lock_holder_gone({**me, "proc_start": "1"})  # this pid, but not that process
+
+    open(lock, "w").close()  # empty, just created
+    with pytest.raises(InputError, match="another tick holds"):
+        tick(cfg, day(0), FakeSteps())
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    assert tick(cfg, day(0), FakeSteps())["status"] == "done" and not exists(lock)
