@@ -136,7 +136,9 @@ def read_file(uri: str) -> pa.Table:
                 # An empty CSV field is a missing value, for text ids too.
                 table = pacsv.read_csv(
                     f,
-                    parse_options=pacsv.ParseOptions(delimiter="\t" if ".tsv" in path else ","),
+                    parse_options=pacsv.ParseOptions(
+                        delimiter="\t" if path.endswith((".tsv", ".tsv.gz")) else ","
+                    ),
                     convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
                 )
         else:

@@ -83,6 +83,7 @@ INFER_STRATEGY = {
     "adaptive": "hybrid",
 }
 USES_RAG = {"frequency", "rag", "hybrid", "adaptive"}
+FINETUNES = {"ft_once", "ft_monthly", "hybrid", "adaptive"}
 
 
 def serving_days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -203,11 +204,15 @@ class Replayer:
         self.source = {
             sub: file_stamps(join(cfg.root, "stats", sub)) for sub in ("transitions", "items")
         }
-        self.catalog_stamps = file_stamps(cfg.inputs.clusters)
+        # The catalog names the prompts; the items file feeds each table's top items.
+        self.catalog_stamps = {
+            "clusters": file_stamps(cfg.inputs.clusters),
+            "items": file_stamps(cfg.inputs.items),
+        }
 
     def source_key(self, day: dt.date) -> str:
         """Fingerprint of what a build for `day` reads from the source root: the count files of
-        the days < day (by size and mtime or ETag) and the cluster catalog."""
+        the days < day (by size and mtime or ETag), the cluster catalog and the items file."""
         before = {
             sub: sorted(
                 (name, stamp)
@@ -216,7 +221,7 @@ class Replayer:
             )
             for sub, stamps in self.source.items()
         }
-        parts = [before, sorted(self.catalog_stamps.items())]
+        parts = [before, {k: sorted(v.items()) for k, v in self.catalog_stamps.items()}]
         return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def snapshot(self, day: dt.date) -> float:
@@ -281,7 +286,7 @@ def table_key(cfg: Config) -> str:
 def default_start(cfg: Config, strategies: list[str], first: dt.date, end: dt.date) -> dt.date:
     """The last 14 days before end, after a full fine-tune window of data when a strategy
     fine-tunes (else after the first counted day)."""
-    tunes = any(s in ("ft_once", "ft_monthly", "hybrid", "adaptive") for s in strategies)
+    tunes = any(s in FINETUNES for s in strategies)
     start = max(first + (cfg.finetune.window_days if tunes else 1) * DAY, end - 14 * DAY)
     if start >= end:
         raise InputError(
@@ -398,7 +403,7 @@ def replay(
                 continue
             seconds = 0.0
             adapter = None
-            if s in ("ft_once", "ft_monthly", "hybrid", "adaptive"):
+            if s in FINETUNES:
                 if day in ft_days:
                     slog.finetune_days.append(day)
                     _, ft_seconds = rep.adapter(day)

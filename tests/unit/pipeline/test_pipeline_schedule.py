@@ -248,7 +248,11 @@ def test_replay_cache_keys_follow_the_source_counts_and_catalog(tmp_path):
     assert again.source_key(day(1)) == keys[1]
     assert again.source_key(day(2)) != keys[2]
     clusters("renamed")  # the prompts name the clusters: every build changes
-    assert Replayer(cfg, work).source_key(day(1)) != keys[1]
+    renamed = Replayer(cfg, work).source_key(day(1))
+    assert renamed != keys[1]
+    write_parquet(pa.table({"item_id": ["i1"], "cluster_id": pa.array([0], pa.int32())}),
+                  cfg.inputs.items)  # the tables' top items come from it
+    assert Replayer(cfg, work).source_key(day(1)) != renamed
     # The adapter cache key also covers the retrieval settings the examples' RAG lines use.
     assert Replayer(with_overrides(cfg, retrieval__window_days=7), work).key != again.key
 
