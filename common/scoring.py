@@ -213,11 +213,7 @@ class PrefixScorer:
             return self._transform(logits)
 
     def _transform(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.scale != 1.0:
-            logits = logits * self.scale
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return transform_logits(logits, self.scale, self.softcap)
 
     # ---- the trie plan: which tokens to append and where each branching node's state lives ----
     def _plan(self) -> None:
@@ -573,6 +569,15 @@ def quantized(model) -> bool:
     return bool(getattr(model, "is_quantized", False)) or any(
         ".quantized." in type(m).__module__ for m in model.modules()
     )
+
+
+def transform_logits(logits: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
+    """The head output as the model returns it: scaled, then soft-capped (`logit_transform`)."""
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
 
 
 def logit_transform(config) -> tuple[float, float | None]:

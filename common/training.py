@@ -478,12 +478,15 @@ def autocast_dtype(setting: str, device: str):
     if setting == "on":
         return torch.bfloat16
     if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        # Hardware bf16 only (common/model.py pick_dtype): a V100 or T4 would emulate it.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
 def _answer_loss_module(peft_model):
     import torch
+
+    from common.scoring import logit_transform, transform_logits
 
     class AnswerLoss(torch.nn.Module):
         """Loss on the answer tokens only; DDP wraps this, so its forward is the one synced."""
@@ -491,12 +494,14 @@ def _answer_loss_module(peft_model):
         def __init__(self, lm):
             super().__init__()
             self.lm = lm
+            self.transform = logit_transform(lm.get_base_model().config)
 
         def forward(self, ids, pos, tgt):
             base = self.lm.get_base_model()
             h = base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
             h = h.reshape(-1, h.shape[-1])[pos]
-            logits = base.get_output_embeddings()(h).float()
+            # The model's own output transform (Granite, Cohere, Gemma-2), as the scorer applies it.
+            logits = transform_logits(base.get_output_embeddings()(h).float(), *self.transform)
             return torch.nn.functional.cross_entropy(logits, tgt)
 
     return AnswerLoss(peft_model)
@@ -607,6 +612,15 @@ def train_loop_per_worker(config: dict) -> dict:
         sched.load_state_dict(state["scheduler"])
         start = int(state["step"])
         log.info("rank %d resumes from the checkpoint of step %d", rank, start)
+    if rank == 0 and config["eval"]["suffixes"] and start < total:
+        # The scorer checks at load that it scores this model as the model itself does (a
+        # ModelError otherwise): fail before training, not after the last step.
+        from common.scoring import PrefixScorer
+
+        with torch.autocast(torch.device(device).type, dtype=amp or torch.float32,
+                            enabled=amp is not None):
+            PrefixScorer(peft.get_base_model(), tokenizer, config["eval"]["names"],
+                         config["prefix"])
     peft.train()
     module = session.prepare(_answer_loss_module(peft))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -303,3 +303,20 @@ def test_finetune_gpu_settings_become_ray_train_resources():
     assert gpu.resources_per_worker == {"CPU": 8.0, "GPU": 1.0}
     cpu = scaling_config(load_config(None, ["finetune.gpus_per_worker=1"]).finetune)
     assert (cpu.num_workers, cpu.use_gpu, cpu.resources_per_worker) == (1, False, {"CPU": 1.0})
+
+
+def test_a_model_the_scorer_refuses_fails_before_training(trainable_tiny, tmp_path, monkeypatch):
+    """The held-out scorer's load-time check runs before the first step: a model it cannot
+    score stops the run at once, not after the last step (where Ray Train would retry it)."""
+    from common import scoring
+    from common.model import ModelError
+
+    def refuse(self, model):
+        raise ModelError("not supported by the verbalizer (test)")
+
+    monkeypatch.setattr(scoring.PrefixScorer, "_check", refuse)
+    _, data = ten_toy_days(trainable_tiny)
+    cfg = loop_config(trainable_tiny, data, tmp_path / "ckpt", checkpoint_every_steps=1)
+    with pytest.raises(ModelError, match="not supported"):
+        training.train_loop_per_worker(cfg)
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())

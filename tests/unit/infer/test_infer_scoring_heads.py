@@ -206,3 +206,22 @@ def test_an_attention_that_cannot_take_per_row_masks_is_refused(tok):
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ModelError, match="flash_attention_2"):
         PrefixScorer(model, tok, NAMES, PREFIX)
+
+
+@pytest.mark.parametrize("kind", ["granite (logits_scaling)", "gemma2 (final_logit_softcapping)"])
+def test_the_training_loss_is_the_models_own_cross_entropy(kind, tok):
+    """Fine-tuning learns the log-probabilities the scorer ranks by: its loss on the answer
+    tokens is the cross-entropy of the model's own logits, transform included."""
+    from peft import LoraConfig, get_peft_model
+
+    from common.training import _answer_loss_module
+
+    model = tiny_model(kind, len(tok))
+    ids = tok(PREFIX + SUFFIXES[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    T = ids.shape[1]
+    pos, tgt = torch.tensor([T - 3, T - 2]), ids[0, T - 2 :]  # position p predicts token p + 1
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[0, pos], tgt)
+        lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        got = _answer_loss_module(get_peft_model(model, lora))(ids, pos, tgt)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
