@@ -9,12 +9,13 @@ skip names starting with `_`, so the markers never reach the data.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import posixpath
 
 import pyarrow as pa
 
 from common.cli import InputError
-from common.storage import file_stamps, fsspec_for, is_s3, join, local_path, read_json, write_json
+from common.storage import fsspec_for, is_s3, join, local_path, read_json, write_json
 from common.tables_io import write_parquet
 
 # Written into every interactions folder these jobs write; readers skip names starting with `_`.
@@ -29,20 +30,32 @@ def sidecar(uri: str) -> str:
     return join(parent, f"_{name}{SIDECAR}")
 
 
+def content_stamp(uri: str) -> str:
+    """`size:sha256` of a file: survives `cp -r`, tar and touch, unlike size and mtime."""
+    fs, path = fsspec_for(uri)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{fs.size(path)}:{digest.hexdigest()}"
+
+
 def check_replaceable(uri: str, key: str, job: str) -> None:
     """InputError unless uri is absent, a folder with no file, or what these jobs wrote.
 
     The inputs.* keys may name production data (s3://logs/...), which a synthetic or converted
     run must never delete or overwrite. A folder is ours when it holds MARKER; a file when its
-    sidecar records the file's current size and stamp, so a file put there later by someone
-    else is not ours even if an old sidecar survived.
+    sidecar records the file's current size and content hash (or is still pending: a run that
+    died while writing it), so a file put there later by someone else is not ours even if an
+    old sidecar survived.
     """
     fs, path = fsspec_for(uri)
     if not fs.exists(path):
         return
     how = (
         f"{job} replaces {key}, so it refuses to. Point {key} at a new path (--set "
-        f"{key}=PATH), or delete {uri} yourself if it is disposable."
+        f"{key}=PATH), or delete {uri} yourself if it is disposable (a root written before "
+        "these markers existed: delete it, e.g. `make clean` for the demo's data/)."
     )
     if fs.isdir(path):
         if fs.find(path) and not fs.exists(posixpath.join(path, MARKER)):
@@ -52,7 +65,8 @@ def check_replaceable(uri: str, key: str, job: str) -> None:
             )
         return
     mark = sidecar(uri)
-    if not fs.exists(fsspec_for(mark)[1]) or read_json(mark).get("stamps") != file_stamps(uri):
+    recorded = read_json(mark).get("content", "none") if fs.exists(fsspec_for(mark)[1]) else "none"
+    if recorded is not None and recorded != content_stamp(uri):
         raise InputError(
             f"{key} {uri} is a file that jobs.simulate or jobs.ingest did not "
             f"write, or that changed since (no matching {mark}); {how}"
@@ -70,9 +84,10 @@ def clear_target(uri: str, key: str, job: str) -> None:
         fs.rm(mark)
 
 
-def mark_written(uri: str, job: str, folder: bool) -> None:
+def mark_written(uri: str, job: str, folder: bool, pending: bool = False) -> None:
     """Record that `job` wrote uri: MARKER in a folder before its files are written (a crashed
-    run's leftovers stay replaceable), a sidecar with the file's stamps after a file is."""
+    run's leftovers stay replaceable), a sidecar with the file's content stamp after a file is
+    (`pending`: a pending one before it, for the same reason)."""
     note = {
         "job": job,
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -81,11 +96,12 @@ def mark_written(uri: str, job: str, folder: bool) -> None:
     if folder:
         write_json(join(uri, MARKER), note)
     else:
-        write_json(sidecar(uri), {**note, "stamps": file_stamps(uri)})
+        write_json(sidecar(uri), {**note, "content": None if pending else content_stamp(uri)})
 
 
 def write_input_file(table: pa.Table, uri: str, job: str) -> None:
     """Write an items or clusters file and its sidecar."""
+    mark_written(uri, job, folder=False, pending=True)
     write_parquet(table, uri)
     mark_written(uri, job, folder=False)
 

@@ -123,6 +123,7 @@ def write_interactions(table: pa.Table, uri: str, job: str) -> str:
         out = join(uri, "part-0.parquet")
         write_parquet(table, out)
         return out
+    mark_written(uri, job, folder=False, pending=True)  # a crash below leaves it replaceable
     if uri.endswith(".parquet"):
         write_parquet(table, uri)
     else:

@@ -195,3 +195,32 @@ def test_a_tab_separated_log_reads_by_its_name(tmp_path, name):
     table = read_file(str(path))
     assert table.column_names == ["user_id", "item_id", "ts"]
     assert table["user_id"].to_pylist() == ["u1", "u2"] and table["item_id"].to_pylist() == [7, 8]
+
+
+def test_a_copied_or_touched_root_and_a_half_written_file_stay_replaceable(tmp_path):
+    """The sidecar fingerprints content, not mtime: `cp -r` (new mtimes) and `touch` keep the
+    files ours; a run killed between the pending sidecar and the file leaves them replaceable;
+    an edited file is someone else's."""
+    import shutil
+    import subprocess
+    import time
+
+    from common.input_targets import mark_written
+
+    a = tmp_path / "a"
+    simulate.run(load_config(None, [f"root={a}", *TINY_SIM]))
+    b = tmp_path / "b"
+    time.sleep(0.01)
+    subprocess.run(["cp", "-r", str(a), str(b)], check=True)  # no mtimes kept
+    os.utime(b / "inputs" / "items.parquet")
+    again = load_config(None, [f"root={b}", *TINY_SIM])
+    simulate.run(again)  # replaced: the copy's files are still ours
+    # A kill between the pending sidecar and the write: the leftovers are replaceable.
+    os.remove(again.inputs.clusters)
+    mark_written(again.inputs.clusters, "jobs.simulate", folder=False, pending=True)
+    shutil.copy(again.inputs.items, again.inputs.clusters)  # a half-written stand-in
+    simulate.run(again)
+    with open(again.inputs.items, "ab") as f:  # edited since: not ours any more
+        f.write(b"x")
+    with pytest.raises(InputError, match="inputs.items .* did not write, or that changed"):
+        simulate.run(again)
