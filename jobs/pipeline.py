@@ -366,13 +366,15 @@ def step_refresh(cfg: Config) -> dict:
     result = infer.run(cfg)
     after = read_current(cfg.root)
     published = result.get("published", after != before)
-    if not published:
-        raise GuardFailed(f"not published: {json.dumps(result.get('guards', result), default=str)}")
+    if not published:  # jobs.infer's reason: the failed guards, or a later table served
+        why = result.get("reason") or json.dumps(result.get("guards", result), default=str)
+        raise GuardFailed(f"not published: {why}")
     return {"retrieve": snap, "infer": result, "version": after}
 
 
 class GuardFailed(RuntimeError):
-    """Inference ran but a guard stopped the publish; CURRENT did not move."""
+    """Inference ran but the table was not published (a guard, or a later table served);
+    CURRENT did not move."""
 
 
 STEPS = {"aggregate": step_aggregate, "finetune": step_finetune, "refresh": step_refresh}

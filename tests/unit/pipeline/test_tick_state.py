@@ -467,3 +467,18 @@ def test_one_tick_takes_over_a_dead_ticks_lock_and_a_cut_short_lock_ages_out(tmp
     old = time.time() - 120
     os.utime(lock, (old, old))
     assert tick(cfg, day(0), FakeSteps())["status"] == "done" and not exists(lock)
+
+
+def test_a_refresh_that_did_not_publish_says_why(tmp_path, monkeypatch):
+    """The tick's error names jobs.infer's reason (here: a later table is served), not a dump
+    of guards that all passed."""
+    from jobs import infer, retrieve
+    from jobs.pipeline import GuardFailed, step_refresh
+
+    reason = "as_of 2026-03-01 is before the served table's (v9, as_of 2026-03-05)"
+    monkeypatch.setattr(retrieve, "run", lambda cfg: {})
+    monkeypatch.setattr(
+        infer, "run", lambda cfg: {"published": False, "reason": reason, "guards": {"passed": 1}}
+    )
+    with pytest.raises(GuardFailed, match=r"not published: as_of 2026-03-01 is before"):
+        step_refresh(load_config(None, [f"root={tmp_path}"]))
