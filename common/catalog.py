@@ -50,8 +50,14 @@ class Catalog:
         table = table.select(["cluster_id", "name", "description"]).cast(schemas.CLUSTERS)
         if table["cluster_id"].null_count or table["name"].null_count:
             raise InputError("clusters input has null cluster_id or name")
-        if len(pc.unique(table["name"])) != len(table):
-            raise InputError("clusters input has duplicate names; names must be unique")
+        # Prompts and answers spell names on one line, trimmed (common/prompts.py `clean`):
+        # two names that differ only in whitespace would be one answer.
+        spelled = pc.utf8_trim_whitespace(pc.replace_substring_regex(table["name"], r"\s+", " "))
+        if len(pc.unique(spelled)) != len(table):
+            raise InputError(
+                "clusters input has duplicate names (compared on one line, trimmed); names "
+                "must be unique"
+            )
         if len(pc.unique(table["cluster_id"])) != len(table):
             raise InputError("clusters input has duplicate cluster_id values")
         table = table.sort_by("cluster_id")

@@ -32,3 +32,20 @@ def test_names_with_stray_whitespace_render_score_and_match_trimmed(tiny_model_d
     answers, valid = free_to_answers(rows, CATALOG)
     assert valid == 2 and answers == {(2, 3): [(1, 1.0)], (1, 3): [(2, 1.0)]}
     assert np.isfinite(scorer.verbalize(["user\nx<|im_end|>\n"], [[2]]).numpy()[0, :2]).all()
+
+
+def test_names_that_differ_only_in_whitespace_are_refused_at_load():
+    import pyarrow as pa
+    import pytest
+
+    from common.cli import InputError
+
+    table = pa.table(
+        {"cluster_id": pa.array([1, 2], pa.int32()), "name": ["rock music", "rock  music\n"]}
+    )
+    with pytest.raises(InputError, match="duplicate names"):
+        Catalog.from_table(table)
+    ok = Catalog.from_table(
+        pa.table({"cluster_id": pa.array([1, 2], pa.int32()), "name": ["rock", "rock music"]})
+    )
+    assert ok.names == ("rock", "rock music")
