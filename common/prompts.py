@@ -24,6 +24,7 @@ template that refuses a system turn (Gemma's) gets the task at the top of the us
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -109,24 +110,41 @@ def render_prompt(tokenizer, catalog: Catalog, c1: int, c2: int, rag: list[int] 
         return tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
 
 
+@functools.cache
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn in the model's chat template: what a model says
+    after its answer (ChatML's `<|im_end|>`, Gemma's `<end_of_turn>`, Phi-3's `<|end|>`, Llama
+    3's `<|eot_id|>`); the eos token where the template names no special token there (or there
+    is no template). Read once per tokenizer from an assistant turn the template renders."""
+    marker = "\u2063answer\u2063"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+            tokenize=False,
+        )
+    except Exception:  # no template, or one that refuses this chat: the eos token
+        text = ""
+    if marker in text:
+        after = tokenizer(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"]
+        if after and after[0] in tokenizer.all_special_ids:
+            return after[0]
+    return tokenizer.eos_token_id
+
+
 def answer_text(catalog: Catalog, c3: int, tokenizer=None) -> str:
     """The target text: the cluster name (`name_text`, as PrefixScorer scores it), then the
-    end-of-turn token that closes it.
-
-    common/scoring.py PrefixScorer scores each name as its tokens followed by the tokenizer's
-    eos id (`<|im_end|>` for ChatML models); this is that, as text. `tokenizer` picks its eos
-    token; without one, ChatML's."""
-    end = tokenizer.eos_token if tokenizer is not None else CHATML_END
+    end-of-turn token that closes it (`end_of_turn_id`; without a tokenizer, ChatML's)."""
+    end = tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) if tokenizer else CHATML_END
     return name_text(catalog, c3) + end
 
 
 def answer_ids(tokenizer, catalog: Catalog, c3: int) -> list[int]:
     """The target token ids, exactly as PrefixScorer tokenizes a name: the name alone (no special
-    tokens added), then the eos id. Append them to `prompt_ids(...)` for a training example so the
-    loss is on the very tokens inference scores (tokenizing prompt + answer as one string could
-    merge tokens across the boundary)."""
+    tokens added), then the end-of-turn id. Append them to `prompt_ids(...)` for a training
+    example so the loss is on the very tokens inference scores (tokenizing prompt + answer as
+    one string could merge tokens across the boundary)."""
     return list(tokenizer(name_text(catalog, c3), add_special_tokens=False)["input_ids"]) + [
-        tokenizer.eos_token_id
+        end_of_turn_id(tokenizer)
     ]
 
 

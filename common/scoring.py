@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.prompts import clean
+from common.prompts import clean, end_of_turn_id
 
 log = logging.getLogger(__name__)
 NEG = -1e9  # finite "minus infinity": keeps matmuls free of nan
@@ -77,7 +77,7 @@ class PrefixScorer:
     `model` is a causal LM (transformers, Llama-like: `get_decoder()` and tied or untied output
     embeddings), `names` the cluster names in catalog order, `prefix` the text every prompt starts
     with. Suffixes are the prompt text after the prefix. `end_token_id` closes an answer (the
-    chat end token); None uses the tokenizer's eos.
+    chat end token); None: the chat template's end of turn (prompts.end_of_turn_id).
     """
 
     def __init__(
@@ -109,7 +109,8 @@ class PrefixScorer:
                 "load the model with attn_implementation='sdpa' or 'eager'"
             )
         self.device = self.head.device
-        self.end_id = tokenizer.eos_token_id if end_token_id is None else end_token_id
+        # What closes an answer: the template's end of turn (common/prompts.py end_of_turn_id).
+        self.end_id = end_of_turn_id(tokenizer) if end_token_id is None else end_token_id
         # Names as prompts render and fine-tuning answers them: on one line, trimmed.
         self.name_tokens = [
             tokenizer(clean(n), add_special_tokens=False)["input_ids"] + [self.end_id]

@@ -218,3 +218,28 @@ def test_training_examples_without_a_chat_template(plain_tokenizer):
     for prompt, answer in data["train"]:
         assert plain_tokenizer.decode(prompt).endswith("\nAnswer:\n")
         assert answer[-1] == plain_tokenizer.eos_token_id
+
+
+def test_answers_end_with_the_templates_end_of_turn(tiny_model_dir, tokenizer):
+    """A model whose template closes a turn with another token than eos (Gemma's
+    `<end_of_turn>`, Phi-3's `<|end|>`) is trained and scored on that token; ChatML's is its
+    eos; a template with no special token after the answer falls back to eos."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from common.scoring import PrefixScorer
+
+    assert prompts.end_of_turn_id(tokenizer) == tokenizer.eos_token_id  # <|im_end|>
+    turn = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + END }}{% endfor %}"
+    other = AutoTokenizer.from_pretrained(tiny_model_dir)
+    other.chat_template = "{% set END = '<|endoftext|>\n' %}" + turn
+    end = other.convert_tokens_to_ids("<|endoftext|>")
+    assert end != other.eos_token_id and prompts.end_of_turn_id(other) == end
+    assert prompts.answer_text(CATALOG, 11, other) == "jazz guitar<|endoftext|>"
+    assert prompts.answer_ids(other, CATALOG, 11)[-1] == end
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    scorer = PrefixScorer(model, other, list(CATALOG.names), "user: ")
+    assert scorer.end_id == end
+    assert scorer.name_tokens == [prompts.answer_ids(other, CATALOG, c) for c in CATALOG.ids]
+    plain = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plain.chat_template = "{% set END = '\n' %}" + turn
+    assert prompts.end_of_turn_id(plain) == plain.eos_token_id
