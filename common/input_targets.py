@@ -2,7 +2,8 @@
 
 The `inputs.*` keys may name production data (`s3://logs/...`), and jobs.simulate and
 jobs.ingest replace their targets, so they only ever delete or overwrite what they wrote: a
-folder holding MARKER, or a file with its sidecar recording the file's size and stamp. Readers
+folder holding MARKER, or a file with its sidecar recording the file's size and content hash.
+Readers
 skip names starting with `_`, so the markers never reach the data.
 """
 
@@ -73,9 +74,9 @@ def check_replaceable(uri: str, key: str, job: str) -> None:
         )
 
 
-def clear_target(uri: str, key: str, job: str) -> None:
-    """Delete what an earlier run of these jobs wrote at uri (check_replaceable first)."""
-    check_replaceable(uri, key, job)
+def remove_target(uri: str) -> None:
+    """Delete uri and its sidecar: what an earlier run of these jobs wrote (checked first with
+    check_replaceable)."""
     fs, path = fsspec_for(uri)
     if fs.exists(path) and (fs.isfile(path) or fs.find(path)):
         fs.rm(path, recursive=fs.isdir(path))
@@ -116,8 +117,8 @@ def claim_inputs(cfg, job: str) -> None:
     ]
     for uri, key in targets:
         check_replaceable(uri, key, job)
-    for uri, key in targets:
-        clear_target(uri, key, job)
+    for uri, _ in targets:
+        remove_target(uri)
 
 
 # What the jobs' --help says about their targets.
@@ -126,4 +127,3 @@ REPLACE_NOTE = (
     f"{MARKER}. An existing target is replaced only when this project's jobs wrote it (its "
     "marker or sidecar); anything else is refused, never deleted or overwritten"
 )
-

@@ -31,13 +31,7 @@ import pyarrow.csv as pacsv
 from common import schemas
 from common.cli import InputError, job_parser, keys_help, run_main
 from common.config import Config
-from common.input_targets import (
-    REPLACE_NOTE,
-    claim_inputs,
-    clear_target,
-    mark_written,
-    write_input_file,
-)
+from common.input_targets import REPLACE_NOTE, claim_inputs, mark_written, write_input_file
 from common.storage import arrow_fs_for, fsspec_for, join
 from common.tables_io import write_parquet
 
@@ -116,8 +110,7 @@ def clean_movies(movies: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
 def write_interactions(table: pa.Table, uri: str, job: str) -> str:
     """Write the log at uri: a `.parquet` or CSV (`.csv`, `.csv.gz`) file, else a folder holding
     part-0.parquet; returns the file written. Readers pick the format by the file name, so a
-    `.csv` file must hold CSV."""
-    clear_target(uri, "inputs.interactions", job)
+    `.csv` file must hold CSV. The target was cleared by claim_inputs."""
     if not uri.endswith((".parquet", *CSV_SUFFIXES)):
         mark_written(uri, job, folder=True)
         out = join(uri, "part-0.parquet")
