@@ -50,10 +50,11 @@ class Catalog:
         table = table.select(["cluster_id", "name", "description"]).cast(schemas.CLUSTERS)
         if table["cluster_id"].null_count or table["name"].null_count:
             raise InputError("clusters input has null cluster_id or name")
-        # Prompts and answers spell names on one line, trimmed (common/prompts.py `clean`):
-        # two names that differ only in whitespace would be one answer.
-        spelled = pc.utf8_trim_whitespace(pc.replace_substring_regex(table["name"], r"\s+", " "))
-        if len(pc.unique(spelled)) != len(table):
+        from common.prompts import clean  # prompts imports this module
+
+        # Prompts and answers spell names on one line, trimmed (`clean`): two names that differ
+        # only in whitespace would be one answer.
+        if len({clean(n) for n in table["name"].to_pylist()}) != len(table):
             raise InputError(
                 "clusters input has duplicate names (compared on one line, trimmed); names "
                 "must be unique"

@@ -115,10 +115,11 @@ def read_items(uri: str, clusters_uri: str | None = None) -> pa.Table:
                          f"cluster_id, e.g. {', '.join(shown)}{more}")
     if clusters_uri and storage.exists(clusters_uri):
         from common.catalog import load_catalog
+        from common.lookup import known_mask
 
-        known = pa.array(load_catalog(clusters_uri).ids, pa.int32())
         used = pc.unique(table["cluster_id"])
-        unknown = sorted(used.filter(pc.invert(pc.is_in(used, value_set=known))).to_pylist())
+        known = known_mask(used, load_catalog(clusters_uri))
+        unknown = sorted(used.filter(pc.invert(known)).to_pylist())
         if unknown:
             raise InputError(f"items {uri}: {len(unknown)} cluster_id value(s) not in the "
                              f"clusters catalog {clusters_uri}, e.g. {_examples(unknown)}")

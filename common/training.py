@@ -471,16 +471,14 @@ def autocast_dtype(setting: str, device: str):
     """bf16 when asked ("on"), or on "auto" where matrix products have hardware bf16."""
     import torch
 
-    from common.model import cpu_has_bf16
+    from common.model import pick_dtype
 
     if setting == "off":
         return None
     if setting == "on":
         return torch.bfloat16
-    if str(device).startswith("cuda"):
-        # Hardware bf16 only (common/model.py pick_dtype): a V100 or T4 would emulate it.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
-    return torch.bfloat16 if cpu_has_bf16() else None
+    # Where the model itself would load in bf16 (hardware bf16 only: not a V100's emulation).
+    return torch.bfloat16 if pick_dtype("auto", device) == torch.bfloat16 else None
 
 
 def _answer_loss_module(peft_model):

@@ -267,7 +267,8 @@ UNREADABLE_LOCK_S = 60  # a lock file still empty after this was cut short by a 
 def lock_age_s(uri: str) -> float:
     """Seconds since the lock file was written (local mtime or S3 LastModified)."""
     fs, path = fsspec_for(uri)
-    stamp = fs.info(path).get("mtime") or fs.info(path).get("LastModified")
+    info = fs.info(path)
+    stamp = info.get("mtime") or info.get("LastModified")
     if isinstance(stamp, dt.datetime):
         return (dt.datetime.now(dt.UTC) - stamp).total_seconds()
     return time.time() - float(stamp)

@@ -39,10 +39,9 @@ from common.storage import (
     arrow_fs_for,
     exists,
     file_stamps,
-    is_s3,
+    fsspec_for,
     join,
     list_dirs,
-    local_path,
     read_current,
     read_json,
     remove,
@@ -302,7 +301,7 @@ def check_work_root(root: str, work: str) -> None:
     would delete the source's own counts or snapshots."""
 
     def norm(uri: str) -> str:
-        return (uri.split("://", 1)[1] if is_s3(uri) else local_path(uri)).rstrip("/") + "/"
+        return fsspec_for(uri)[1].rstrip("/") + "/"  # bucket/key on S3, the absolute local path
 
     source, target = norm(root), norm(work)
     inside = any(source.startswith(target + sub + "/") for sub in ("stats", "retrieval"))

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 MONTH_DAYS = 30
 TREND_SCALE = 1.0  # logits of one standard deviation of trend at drift = 1
 BLEND_DAYS = 6
+
+
 def pick_clusters(n: int) -> list[taxonomy.Cluster]:
     """n clusters taken round-robin over topics so every topic is represented, in taxonomy order."""
     clusters = taxonomy.all_clusters()
