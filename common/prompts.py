@@ -35,6 +35,15 @@ CHATML_END = "<|im_end|>"  # ends a turn in ChatML (SmolLM2, tests/tiny_model.py
 MAX_DESCRIPTION_CHARS = 80
 RAG_SEPARATOR = "; "  # names may hold commas (MovieLens genre combinations: "Action, Comedy & War")
 ANSWER_CUE = "Answer:"  # the last line of a plain prompt; the name follows on the next line
+# The date a template that stamps today's date reads (Llama 3.x's "Today Date: ...", from its
+# `date_string` variable, else transformers' `strftime_now`): a prompt must not change with the
+# day it is rendered, or an adapter is scored and served on text it was not trained on.
+TEMPLATE_DATE = "01 Jan 2024"  # in Llama's own format
+
+
+def _apply_template(tokenizer, chat: list[dict], **kwargs) -> str:
+    """The chat template's text, with the date fixed (`TEMPLATE_DATE`)."""
+    return tokenizer.apply_chat_template(chat, tokenize=False, date_string=TEMPLATE_DATE, **kwargs)
 
 
 def clean(text: str) -> str:
@@ -104,10 +113,10 @@ def render_prompt(tokenizer, catalog: Catalog, c1: int, c2: int, rag: list[int] 
     from jinja2.exceptions import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return _apply_template(tokenizer, chat, add_generation_prompt=True)
     except TemplateError:  # "System role not supported" (raise_exception in the template)
         merged = [{"role": "user", "content": f"{SYSTEM}\n\n{chat[1]['content']}"}]
-        return tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+        return _apply_template(tokenizer, merged, add_generation_prompt=True)
 
 
 @functools.cache
@@ -118,9 +127,8 @@ def end_of_turn_id(tokenizer) -> int:
     is no template). Read once per tokenizer from an assistant turn the template renders."""
     marker = "\u2063answer\u2063"
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
-            tokenize=False,
+        text = _apply_template(
+            tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
         )
     except Exception:  # no template, or one that refuses this chat: the eos token
         text = ""

@@ -183,6 +183,31 @@ def test_a_template_without_a_system_role_gets_the_task_in_the_user_turn(tiny_mo
     )
 
 
+def test_a_template_that_stamps_the_date_renders_the_same_every_day(tiny_model_dir):
+    """Llama 3.2's template writes "Today Date: <strftime_now>" into the system turn unless it is
+    given `date_string`: prompts must not follow the calendar, or inference scores text the
+    adapter was never trained on."""
+    import datetime as dt
+
+    from transformers import AutoTokenizer
+
+    llama_like = AutoTokenizer.from_pretrained(tiny_model_dir)
+    llama_like.chat_template = (
+        "{% if not date_string is defined %}{% if strftime_now is defined %}"
+        "{% set date_string = strftime_now('%d %b %Y') %}"
+        "{% else %}{% set date_string = '26 Jul 2024' %}{% endif %}{% endif %}"
+        "{{ '<|im_start|>system\nToday Date: ' + date_string + '<|im_end|>\n' }}"
+        "{% for m in messages %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    text = prompts.render_prompt(llama_like, CATALOG, 3, 7, [11])
+    assert text.startswith("<|im_start|>system\nToday Date: 01 Jan 2024<|im_end|>\n")
+    assert dt.date.today().strftime("%d %b %Y") not in text
+    assert prompts.end_of_turn_id(llama_like) == llama_like.convert_tokens_to_ids("<|im_end|>")
+
+
 def test_training_examples_without_a_chat_template(plain_tokenizer):
     """The fine-tune builds its examples with the same plain layout inference scores."""
     import datetime as dt
