@@ -281,21 +281,26 @@ def read_snapshot(root: str, day: dt.date, window_days: int) -> dict[str, pa.Tab
     return out
 
 
-def retrieved_lists(snapshot: dict, variant: str, top: int) -> dict[tuple, list[int]]:
+def retrieved_lists(snapshot: dict, variant: str, top: int, known=None) -> dict[tuple, list[int]]:
     """{(c1, c2): [c3, ...] (rank order, at most `top`)} of a snapshot's variant; `global` is
     keyed by c2 alone and answers every c1 (returned under (None, c2), with one successor more:
-    it may hold c1, which rag_for drops). What a RAG prompt names, for the fine-tune's examples
-    and for bulk inference alike (see rag_for)."""
+    it may hold c1, which rag_for drops). `known`: the cluster ids a prompt can name (the
+    catalog's); successors outside it are dropped before the cut, so a cluster since removed
+    from the catalog gives its place to the next one. What a RAG prompt names, for the
+    fine-tune's examples and for bulk inference alike (see rag_for)."""
     t = snapshot[variant]
     keyed = ("c1", "c2") if "c1" in t.column_names else ("c2",)
-    t = t.filter(pc.less_equal(t["rank"], top + (len(keyed) == 1))).sort_by(
-        [(k, "ascending") for k in keyed] + [("rank", "ascending")]
-    )
+    if known is not None:
+        t = t.filter(pc.is_in(t["c3"], pa.array(sorted(known), t["c3"].type)))
+    t = t.sort_by([(k, "ascending") for k in keyed] + [("rank", "ascending")])
+    keep = top + (len(keyed) == 1)
     out: dict[tuple, list[int]] = {}
     cols = [t[k].to_pylist() for k in keyed]
     for i, c3 in enumerate(t["c3"].to_pylist()):
         key = tuple(c[i] for c in cols) if len(keyed) == 2 else (None, cols[0][i])
-        out.setdefault(key, []).append(c3)
+        named = out.setdefault(key, [])
+        if len(named) < keep:
+            named.append(c3)
     return out
 
 

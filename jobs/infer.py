@@ -329,7 +329,9 @@ def prompt_texts(
 
     lists = None
     if snapshot is not None:
-        lists = retrieved_lists(snapshot, cfg.prompt.rag_variant, cfg.prompt.rag_top)
+        lists = retrieved_lists(
+            snapshot, cfg.prompt.rag_variant, cfg.prompt.rag_top, catalog.ids
+        )
     top = cfg.prompt.rag_top
     return [
         prompts.render_prompt(

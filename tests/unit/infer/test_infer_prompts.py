@@ -62,3 +62,18 @@ def test_global_line_never_names_c1(tiny_model_dir):
     # Another c1 gets c2's plain top.
     text = prompt_texts(cfg, tok, CATALOG, [(12, 11)], snapshot())[0]
     assert text == prompts.render_prompt(tok, CATALOG, 12, 11, [15, 13])
+
+
+def test_a_successor_dropped_from_the_catalog_gives_its_place_to_the_next(tiny_model_dir):
+    """The counts outlive a cluster removed from the catalog: (10, 11)'s top successor 12 is
+    gone, so the one-name line names the next one, 13, not nothing."""
+    tok = load_tokenizer(tiny_model_dir)
+    without_12 = Catalog(
+        (10, 11, 13, 14, 15, 16),
+        ("sports", "music", "cooking", "travel", "games", "pets"),
+        ("",) * 6,
+    )
+    cfg = load_config(None, ["prompt.rag_variant=frequency", "prompt.rag_top=1"])
+    text = prompt_texts(cfg, tok, without_12, [(10, 11)], snapshot())[0]
+    assert text == prompts.render_prompt(tok, without_12, 10, 11, [13])
+    assert "Recent next: cooking<" in text
