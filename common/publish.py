@@ -227,3 +227,12 @@ def publish_version(root: str, version: str, **parts) -> str:
     folder = write_version(root, version, **parts)
     storage.swap_current(root, version)
     return folder
+
+
+def served_as_of(root: str) -> tuple[str, dt.date] | None:
+    """(CURRENT's version, the day its table is for), or None while nothing is served."""
+    current = storage.read_current(root)
+    if not current:
+        return None
+    manifest = storage.read_json(storage.join(storage.table_dir(root, current), "manifest.json"))
+    return current, dt.date.fromisoformat(str(manifest["as_of"]))

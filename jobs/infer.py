@@ -608,14 +608,10 @@ def run(cfg: Config) -> dict:
         catalog,
     )
     cand_metrics = hit_rates(cand, held_g)
-    current = storage.read_current(cfg.root)
+    current, pub_asof = publish.served_as_of(cfg.root) or (None, None)
     reg_info: dict = {"published_version": current}
-    cand_common = pub_common = pub_asof = None
+    cand_common = pub_common = None
     if current:
-        manifest = storage.read_json(
-            storage.join(storage.table_dir(cfg.root, current), "manifest.json")
-        )
-        pub_asof = dt.date.fromisoformat(str(manifest["as_of"]))
         start = max(gday, pub_asof)
         reg_info.update(published_as_of=str(pub_asof), days=[str(start), str(day)])
         common = held_g.filter(pc.greater_equal(held_g["day"], pa.scalar(start, pa.date32())))

@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from common import publish
 from common.cli import InputError, config_from_args, job_parser, setup_logging
 from common.config import Config, ConfigError, PipelineConfig
 from common.storage import (
@@ -363,6 +364,12 @@ def step_refresh(cfg: Config) -> dict:
     from jobs import infer, retrieve
 
     before = read_current(cfg.root)
+    served = publish.served_as_of(cfg.root)
+    if served and served[1] > cfg.as_of:  # jobs.infer would build the table, then not publish
+        raise GuardFailed(
+            f"not published: as_of {cfg.as_of} is before the served table's ({served[0]}, "
+            f"as_of {served[1]}); nothing was built"
+        )
     snap = retrieve.run(cfg)
     result = infer.run(cfg)
     after = read_current(cfg.root)

@@ -482,3 +482,25 @@ def test_a_refresh_that_did_not_publish_says_why(tmp_path, monkeypatch):
     )
     with pytest.raises(GuardFailed, match=r"not published: as_of 2026-03-01 is before"):
         step_refresh(load_config(None, [f"root={tmp_path}"]))
+
+
+def test_a_refresh_for_a_day_before_the_served_table_builds_nothing(tmp_path, monkeypatch):
+    """A standalone jobs.infer served a table for 03-05: the tick's refresh for 03-01 fails at
+    once with the reason, before a retrieval snapshot or a bulk inference is paid for."""
+    from common.storage import swap_current, table_dir, write_json
+    from jobs import infer, retrieve
+    from jobs.pipeline import GuardFailed, step_refresh
+
+    ran = []
+    monkeypatch.setattr(retrieve, "run", lambda cfg: ran.append("retrieve") or {})
+    monkeypatch.setattr(infer, "run", lambda cfg: ran.append("infer") or {"published": True})
+    root = str(tmp_path)
+    write_json(f"{table_dir(root, 'v9')}/manifest.json", {"as_of": "2026-03-05"})
+    swap_current(root, "v9")
+    cfg = load_config(None, [f"root={root}", "as_of=2026-03-01"])
+    with pytest.raises(GuardFailed, match=r"before the served table's \(v9, as_of 2026-03-05\)"):
+        step_refresh(cfg)
+    assert ran == []
+    # On the served day (or after it) the refresh runs as before.
+    step_refresh(load_config(None, [f"root={root}", "as_of=2026-03-05"]))
+    assert ran == ["retrieve", "infer"]
