@@ -235,7 +235,9 @@ class InferConfig(Section):
     cpus_per_actor: float = Field(1.0, gt=0)
     adapter: str | None = Field(None, description="Adapter dir; None: the latest under root.")
     threads: int | None = Field(
-        None, ge=1, description="Torch threads per actor (None: the machine's cores / pool size)."
+        None,
+        ge=1,
+        description="Torch threads per actor (None: the actor's node's cores / pool size).",
     )
     max_new_tokens: int | None = Field(
         None, ge=1, description="Free generation length (None: the longest name + 1)."

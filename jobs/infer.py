@@ -247,6 +247,7 @@ class PairScorer:
         mode: str,
         k: int,
         threads: int | None = None,
+        actors: int = 1,
         max_new_tokens: int | None = None,
         loader=None,
         measure_ceiling: bool = True,
@@ -260,7 +261,10 @@ class PairScorer:
 
         for key, value in (env or {}).items():  # the driver's S3 settings; the worker's own win
             os.environ.setdefault(key, value)
-        torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+        # Sized here, on the actor's node (a cluster's driver runs on a smaller head node):
+        # infer.threads, else this node's cores shared by the pool's actors.
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // actors))
+        self.threads = torch.get_num_threads()
         device = pick_device(use_gpu)
         model, tokenizer = (loader or load_model_and_tokenizer)(model_cfg, adapter, device)
         self.scorer = PrefixScorer(model, tokenizer, names, prefix)
@@ -301,6 +305,7 @@ class PairScorer:
             "flops": np.full(n, (self.scorer.flops - f0) / n),
             "ceiling": np.full(n, self.ceiling),
             "device": np.array([self.device] * n, dtype=object),
+            "threads": np.full(n, self.threads),
         }
 
 
@@ -352,7 +357,6 @@ def run_llm(
     init_ray(cfg)
     inf = cfg.infer
     warn_if_gpus_missing(inf.num_gpus, "infer.num_gpus", "infer.num_gpus=0")
-    threads = inf.threads or max(1, (os.cpu_count() or 1) // inf.pool_size)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // inf.batch_size, 16)))
     t0 = time.perf_counter()
     scored = ds.map_batches(
@@ -364,7 +368,8 @@ def run_llm(
             "prefix": prefix,
             "mode": inf.mode,
             "k": inf.top_k,
-            "threads": threads,
+            "threads": inf.threads,
+            "actors": inf.pool_size,
             "max_new_tokens": inf.max_new_tokens,
             "env": storage_env(),
             "use_gpu": inf.num_gpus > 0,
@@ -401,7 +406,7 @@ def run_llm(
         # busy_s sums every actor's time in __call__, so flops / busy is one actor's FLOP/s,
         # against the matmul ceiling one actor measured on its own threads.
         "mfu": (flops / busy) / ceiling if busy and ceiling else 0.0,
-        "threads_per_actor": threads,
+        "threads_per_actor": int(max(r["threads"] for r in out)) if out else 0,
         "device": ",".join(sorted({str(r["device"]) for r in out})),
     }
     return out, perf

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import Counter
 
 import pyarrow as pa
@@ -116,9 +117,15 @@ def test_a_table_for_an_earlier_day_is_written_but_never_moves_current_back(infe
 
 
 @pytest.mark.ray
-def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, tiny_model_dir):
+def test_llm_answers_valid_distinct_and_deterministic(
+    ray_session, infer_root, tiny_model_dir, monkeypatch
+):
     """A random tiny model fails the valid-rate guard; enforce=false publishes anyway and the
-    manifest records the override. Two runs give the same table."""
+    manifest records the override. Two runs give the same table. The actors size their torch
+    threads from their own node's cores, not the driver's (a cluster's head is smaller than
+    its workers): the driver here claims 64 cores."""
+    node_cores = os.cpu_count()
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
     cfg = make_cfg(
         infer_root,
         "infer.strategy=rag",
@@ -141,6 +148,7 @@ def test_llm_answers_valid_distinct_and_deterministic(ray_session, infer_root, t
     assert first["pairs_per_s"] > 0 and 0 < first["mfu"] <= 1.5
     assert first["perf"]["rows"] >= 56 and first["perf"]["ceiling_gflops_per_s"] > 0
     assert first["perf"]["device"] == "cpu"
+    assert first["perf"]["threads_per_actor"] == node_cores  # infer.pool_size 1
 
     # infer.llm_weight = 0: the counts alone rank the answers, so the table is the frequency one.
     counts_only = infer.run(
