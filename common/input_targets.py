@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import posixpath
 
 import pyarrow as pa
@@ -85,14 +86,47 @@ def remove_target(uri: str) -> None:
         fs.rm(mark)
 
 
-def mark_written(uri: str, job: str, folder: bool, pending: bool = False) -> None:
+def source_of(settings: dict) -> str:
+    """A fingerprint of what a log was made from (simulate's settings; the digests of the tables
+    ingest wrote): the same inputs give the same log, so the same fingerprint."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def table_digest(table: pa.Table) -> str:
+    """sha256 of a table's column buffers, read in place (no serialised copy)."""
+    digest = hashlib.sha256(json.dumps(table.schema.names).encode())
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    digest.update(memoryview(buf))
+    return digest.hexdigest()
+
+
+def written_source(uri: str) -> str | None:
+    """The `source` fingerprint recorded by the marker (a folder) or sidecar (a file) of a log
+    these jobs wrote; None for a log they did not write (or wrote before fingerprints)."""
+    fs, path = fsspec_for(uri)
+    try:
+        mark = join(uri, MARKER) if fs.isdir(path) else sidecar(uri)
+        return read_json(mark).get("source")
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def mark_written(
+    uri: str, job: str, folder: bool, pending: bool = False, source: str | None = None
+) -> None:
     """Record that `job` wrote uri: MARKER in a folder before its files are written (a crashed
     run's leftovers stay replaceable), a sidecar with the file's content stamp after a file is
-    (`pending`: a pending one before it, for the same reason)."""
+    (`pending`: a pending one before it, for the same reason). `source`: what the log was made
+    from (`source_of`), which jobs.aggregate compares with the log its counts came from."""
     note = {
         "job": job,
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "why": "jobs.simulate and jobs.ingest replace only what carries this marker",
+        "source": source,
     }
     if folder:
         write_json(join(uri, MARKER), note)

@@ -27,6 +27,10 @@ past them, so a later run counts them exactly once. Without as_of every event co
 A full run (aggregate.incremental=false, or no meta.json) replaces the day folders it writes and
 removes the ones it did not, and the old state, only after it succeeded: bad input leaves the
 previous counts and meta.json as they were.
+
+A log that jobs.simulate or jobs.ingest rewrote from other settings or data since the counts were
+made (the fingerprint in its marker differs from meta.json's `inputs_source`) is refused by an
+incremental run: its days would all look counted, and the old log's counts would stay.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import storage
-from common.cli import job_parser, keys_help, run_main
+from common.cli import InputError, job_parser, keys_help, run_main
 from common.config import Config
 from common.drift import drift_series, plot_drift
+from common.input_targets import written_source
 from common.inputs import read_events, read_items, storage_env
 from common.item_counts import items_dir
 from common.sequences import (
@@ -220,6 +225,15 @@ def run(cfg: Config) -> dict:
     phases = {"ray_init": round(time.time() - started, 1)}
     root, ac = cfg.root, cfg.aggregate
     meta = _read_meta(root) if ac.incremental else None
+    source = written_source(cfg.inputs.interactions)
+    if meta and meta.get("inputs_source") != source:
+        raise InputError(
+            f"inputs.interactions {cfg.inputs.interactions} was rewritten (by jobs.simulate or "
+            f"jobs.ingest, from other settings or files) after the counts under {root}/stats "
+            f"were made from it, so adding to them would mix two logs. Use a new root "
+            f"(--set root=PATH), delete {root} if it is disposable (`make clean` for the "
+            f"demo's data/), or recount this log in full: --set aggregate.incremental=false"
+        )
     after_day = (dt.date.fromisoformat(meta["last_day"]) - EPOCH).days if meta else None
     before_day = (cfg.as_of - EPOCH).days if cfg.as_of else None
     items = read_items(cfg.inputs.items, cfg.inputs.clusters)
@@ -261,7 +275,8 @@ def run(cfg: Config) -> dict:
         old = meta["version"] if meta else None
         storage.write_json(storage.join(storage.aggregate_state_dir(root), "meta.json"),
                            {"last_day": last_day.isoformat(), "version": version,
-                            "user_type": "string" if string_users else "int"})
+                            "user_type": "string" if string_users else "int",
+                            "inputs_source": source})
         if old:
             storage.remove(storage.join(storage.aggregate_state_dir(root), old))
         else:

@@ -31,7 +31,14 @@ import pyarrow.csv as pacsv
 from common import schemas
 from common.cli import InputError, job_parser, keys_help, run_main
 from common.config import Config
-from common.input_targets import REPLACE_NOTE, claim_inputs, mark_written, write_input_file
+from common.input_targets import (
+    REPLACE_NOTE,
+    claim_inputs,
+    mark_written,
+    source_of,
+    table_digest,
+    write_input_file,
+)
 from common.storage import arrow_fs_for, fsspec_for, join
 from common.tables_io import write_parquet
 
@@ -107,16 +114,17 @@ def clean_movies(movies: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     return movies[~repeat].reset_index(drop=True), int((~ok).sum()), int(repeat.sum())
 
 
-def write_interactions(table: pa.Table, uri: str, job: str) -> str:
+def write_interactions(table: pa.Table, uri: str, job: str, source: str | None = None) -> str:
     """Write the log at uri: a `.parquet` or CSV (`.csv`, `.csv.gz`) file, else a folder holding
     part-0.parquet; returns the file written. Readers pick the format by the file name, so a
-    `.csv` file must hold CSV. The target was cleared by claim_inputs."""
+    `.csv` file must hold CSV. The target was cleared by claim_inputs. `source`: the
+    fingerprint of what it was made from (input_targets.source_of)."""
     if not uri.endswith((".parquet", *CSV_SUFFIXES)):
-        mark_written(uri, job, folder=True)
+        mark_written(uri, job, folder=True, source=source)
         out = join(uri, "part-0.parquet")
         write_parquet(table, out)
         return out
-    mark_written(uri, job, folder=False, pending=True)  # a crash below leaves it replaceable
+    mark_written(uri, job, folder=False, pending=True, source=source)  # a crash: replaceable
     if uri.endswith(".parquet"):
         write_parquet(table, uri)
     else:
@@ -124,7 +132,7 @@ def write_interactions(table: pa.Table, uri: str, job: str) -> str:
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:  # gzip for .csv.gz: the name is detected
             pacsv.write_csv(table, f)
-    mark_written(uri, job, folder=False)
+    mark_written(uri, job, folder=False, source=source)
     return uri
 
 
@@ -200,7 +208,8 @@ def run(cfg: Config) -> dict:
     })
     job = "jobs.ingest"
     claim_inputs(cfg, job)
-    write_interactions(interactions, cfg.inputs.interactions, job)
+    made_from = {"log": table_digest(interactions), "items": table_digest(items)}
+    write_interactions(interactions, cfg.inputs.interactions, job, source_of(made_from))
     write_input_file(items, cfg.inputs.items, job)
     write_input_file(clusters, cfg.inputs.clusters, job)
     return {"dataset": ic.dataset, "source": source, "ratings": n_ratings, "dropped": dropped,

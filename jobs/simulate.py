@@ -32,7 +32,13 @@ import pyarrow as pa
 from common import schemas, taxonomy
 from common.cli import job_parser, keys_help, run_main
 from common.config import Config, SimulateConfig
-from common.input_targets import REPLACE_NOTE, claim_inputs, mark_written, write_input_file
+from common.input_targets import (
+    REPLACE_NOTE,
+    claim_inputs,
+    mark_written,
+    source_of,
+    write_input_file,
+)
 from common.storage import join
 from common.tables_io import write_parquet
 
@@ -177,7 +183,9 @@ def run(cfg: Config) -> dict:
     items, clusters = world.catalog()
     job = "jobs.simulate"
     claim_inputs(cfg, job)
-    mark_written(cfg.inputs.interactions, job, folder=True)
+    mark_written(
+        cfg.inputs.interactions, job, folder=True, source=source_of(sc.model_dump(mode="json"))
+    )
     write_input_file(items, cfg.inputs.items, job)
     write_input_file(clusters, cfg.inputs.clusters, job)
     rng = np.random.default_rng([sc.seed, 1])

@@ -18,6 +18,7 @@ from aggregate_cases import (
 from aggregate_reference import reference_counts, table_counts
 
 from common import storage
+from common.cli import InputError
 from common.config import load_config
 from common.item_counts import read_item_counts
 from common.tables_io import read_table, write_parquet
@@ -146,3 +147,30 @@ def test_movielens_counts_match_reference(ray_session, tmp_path):
                                 {str(r["item_id"]): r["cluster_id"] for r in items})
     assert table_counts(read_transitions(str(tmp_path))) == expected
     assert summary["transitions_written"] == sum(expected.values()) > 10_000
+
+
+def test_a_log_rewritten_from_other_settings_is_not_added_to_old_counts(ray_session, tmp_path):
+    """Re-simulating into a used root replaces the log; counting only its new days on top of
+    the old log's counts would mix two logs (and count none of them: every day looks done).
+    The same settings again are the same log and stay incremental."""
+    root = str(tmp_path)
+    sim = ["simulate.n_events=3000", "simulate.n_users=60", "simulate.days=3"]
+
+    def cfg(*extra):
+        return load_config(None, [f"root={root}", "aggregate.num_partitions=2",
+                                  "aggregate.engine=tasks", *sim, *extra])
+
+    simulate.run(cfg("simulate.n_clusters=12"))
+    first = aggregate.run(cfg())
+    counted = read_transitions(root)
+    simulate.run(cfg("simulate.n_clusters=12"))  # the same log again
+    assert aggregate.run(cfg())["days_processed"] == 0
+    simulate.run(cfg("simulate.n_clusters=8"))  # another log
+    with pytest.raises(InputError, match=r"was rewritten .* aggregate\.incremental=false"):
+        aggregate.run(cfg())
+    assert read_transitions(root).equals(counted)  # nothing changed under stats/
+    full = aggregate.run(cfg("aggregate.incremental=false"))
+    assert first["days_processed"] == full["days_processed"] == 3
+    recounted = read_transitions(root)
+    assert max(recounted["c3"].to_pylist()) < 8 <= max(counted["c3"].to_pylist())
+    assert aggregate.run(cfg())["mode"] == "incremental"  # the new log's counts go on from here

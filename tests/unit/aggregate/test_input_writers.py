@@ -224,3 +224,27 @@ def test_a_copied_or_touched_root_and_a_half_written_file_stay_replaceable(tmp_p
         f.write(b"x")
     with pytest.raises(InputError, match="inputs.items .* did not write, or that changed"):
         simulate.run(again)
+
+
+@pytest.mark.parametrize("name", ["log", "log.csv"])
+def test_the_log_records_what_it_was_made_from(tmp_path, name):
+    """jobs.aggregate compares this fingerprint with its counts': the same source and settings
+    give the same one (re-running the demo keeps its counts), another source or setting not."""
+    from common.input_targets import written_source
+
+    target = f"{tmp_path}/out/{name}"
+    ingest.run(ingest_cfg(tmp_path, f"inputs.interactions={target}"))
+    first = written_source(target)
+    ingest.run(ingest_cfg(tmp_path, f"inputs.interactions={target}"))
+    assert written_source(target) == first and len(first) == 16
+    ingest.run(ingest_cfg(tmp_path, f"inputs.interactions={target}", "ingest.min_rating=4"))
+    assert written_source(target) != first
+    more = RATINGS + "3,10,5.0,964982709\n"
+    ingest.run(ingest_cfg(tmp_path, f"inputs.interactions={target}", ratings=more))
+    assert written_source(target) not in (first, None)
+    assert written_source(f"{tmp_path}/nothing") is None
+    sim = load_config(None, [f"root={tmp_path}/sim", *TINY_SIM])
+    simulate.run(sim)
+    made = written_source(sim.inputs.interactions)
+    simulate.run(load_config(None, [f"root={tmp_path}/sim", *TINY_SIM, "simulate.seed=1"]))
+    assert made and written_source(sim.inputs.interactions) not in (made, None)
