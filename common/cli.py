@@ -78,14 +78,21 @@ class InputError(ValueError):
 
 
 def keys_help(*sections: str) -> str:
-    """The keys of config sections, with defaults and descriptions, for a job's --help epilog."""
+    """The keys of config sections, with defaults and descriptions, for a job's --help epilog.
+
+    "" stands for every top-level key (root, report, as_of); a top-level key's own name lists
+    only it (`keys_help("root", "simulate")` for a job that reads no report or as_of)."""
     lines = []
+    top = Config()
     for name in sections:
-        model = type(getattr(Config(), name)) if name else Config
+        single = name in Config.model_fields and not isinstance(getattr(top, name), BaseModel)
+        model = Config if not name or single else type(getattr(top, name))
         for key, field in model.model_fields.items():
-            if not name and isinstance(getattr(Config(), key), BaseModel):
+            if single and key != name:
                 continue
-            full = f"{name}.{key}" if name else key
+            if not name and isinstance(getattr(top, key), BaseModel):
+                continue
+            full = f"{name}.{key}" if name and not single else key
             default = field.get_default(call_default_factory=True)
             lines.append(f"  {full} = {default}: {field.description or ''}")
     return "\n".join(lines)

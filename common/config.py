@@ -1,22 +1,63 @@
 """One typed config for every job and the Serve app (SYSTEM.md "Running").
 
 Loaded from YAML (`--config FILE`) with repeatable `--set key=value` overrides on top of the
-embedded defaults. Unknown keys are an error that names the key. Paths may contain `{root}`,
-which is replaced by the configured `root` so that inputs and outputs move together.
+embedded defaults. Unknown keys are an error that names the key. The path keys (inputs.*,
+ingest.source, model.name_or_path, model.cache_dir, infer.adapter, pipeline.work_root: ROOT_PATHS)
+may contain `{root}`, which is replaced by the configured `root` so that inputs and outputs move
+together. A key that holds text takes a value YAML would read as a number, date or bool as the text
+written (`--set report=2026-03-01`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from common import taxonomy
+
+# Clusters the simulator can draw from: the whole built-in taxonomy.
+TAXONOMY_CLUSTERS = len(taxonomy.all_clusters())
+# Event times the aggregation accepts (common/inputs.py): the simulated log must lie in them.
+FIRST_DAY, END_DAY = dt.date(1970, 1, 1), dt.date(2100, 1, 1)
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# An empty path is never what a user means: it is what an unset shell variable gives
+# (`--set root=$ROOT`), and storage would resolve it to the cwd or, joined, to `/`. For the
+# optional paths "" is an error too rather than "the default": `--set infer.adapter=$ADAPTER` or
+# `--set ingest.source=$DATA` with the variable unset would otherwise quietly serve the latest
+# adapter or ingest the bundled example data. The default is asked for with null or no key.
+def _required_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty: give a path (an unset shell variable?)")
+    return value
+
+
+def _optional_path(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError(
+            "is empty: give a path, or null (or leave the key out) for the default "
+            "(an unset shell variable?)"
+        )
+    return value
 
 
 class InputsConfig(Section):
@@ -29,37 +70,69 @@ class InputsConfig(Section):
         "{root}/inputs/clusters.parquet", description="Clusters: cluster_id, name, description."
     )
 
+    _paths = field_validator("interactions", "items", "clusters")(_required_path)
+
 
 class RayConfig(Section):
     address: str | None = Field(
         None, description="Ray address; None starts or joins a local Ray (RAY_ADDRESS wins)."
     )
-    num_cpus: int | None = Field(None, description="CPUs for a local Ray started by the job.")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs for a local Ray started by the job."
+    )
     object_store_memory: int | None = Field(
-        None, description="Bytes of object store for a local Ray started by the job."
+        None, ge=1, description="Bytes of object store for a local Ray started by the job."
     )
 
 
 class SimulateConfig(Section):
-    n_clusters: int = Field(120, ge=8, description="Interest clusters drawn from the taxonomy.")
+    n_clusters: int = Field(
+        120,
+        ge=8,
+        le=TAXONOMY_CLUSTERS,
+        description=f"Interest clusters drawn from the built-in taxonomy (8 to "
+        f"{TAXONOMY_CLUSTERS}).",
+    )
     items_per_cluster: int = Field(40, ge=1, description="Items nested in each cluster.")
     n_users: int = Field(20_000, ge=1, description="Simulated users.")
-    n_events: int = Field(1_000_000, ge=1, description="Total interaction events.")
+    n_events: int = Field(
+        1_000_000,
+        ge=1,
+        description="About this many interaction events in all: the count is a Poisson draw with "
+        "this mean.",
+    )
     days: int = Field(120, ge=1, description="Days of log, one Parquet partition per day.")
-    start_date: dt.date = Field(dt.date(2026, 1, 1), description="First UTC day of the log.")
+    start_date: dt.date = Field(
+        dt.date(2026, 1, 1),
+        description="First UTC day of the log; the log must lie in 1970-01-01..2099-12-31.",
+    )
     drift: float = Field(
         1.2,
         ge=0.0,
         description="Month-over-month trend strength; the default 1.2 gives a month-over-month "
         "top-5 Jaccard near 0.17 (0 leaves only sampling noise: about 0.30).",
     )
-    seed: int = Field(0, description="Random seed: same seed, same log.")
+    seed: int = Field(0, ge=0, description="Random seed: same seed, same log.")
     repeat_prob: float = Field(
         0.2, ge=0.0, lt=1.0, description="Chance an event stays in the current cluster (a repeat)."
     )
     habit_strength: float = Field(
         1.0, ge=0.0, le=3.0, description="Scales how often users go back to their favourites."
     )
+
+    @model_validator(mode="after")
+    def _log_within_valid_times(self) -> SimulateConfig:
+        # The aggregation drops events outside [1970, 2100) as bad timestamps. Ordinals, not
+        # date + timedelta, so a huge `days` is this error rather than an OverflowError.
+        if self.start_date < FIRST_DAY or (
+            self.start_date.toordinal() + self.days > END_DAY.toordinal()
+        ):
+            raise ValueError(
+                f"start_date={self.start_date} with days={self.days} puts events "
+                f"outside {FIRST_DAY}..{END_DAY - dt.timedelta(days=1)}, which the aggregation "
+                "drops as bad timestamps: move start_date or shorten days"
+            )
+        return self
 
 
 class AggregateConfig(Section):
@@ -70,7 +143,9 @@ class AggregateConfig(Section):
         "~1.1-2.5x DuckDB, a few s less per small incremental run). docs/benchmarks.md.",
     )
     num_partitions: int | None = Field(
-        None, description="User shards of the per-user shuffle (None: 2 per CPU of the cluster)."
+        None,
+        ge=1,
+        description="User shards of the per-user shuffle (None: 2 per CPU of the cluster).",
     )
     incremental: bool = Field(
         True,
@@ -101,6 +176,8 @@ class IngestConfig(Section):
         ge=1,
         description="Genre combinations with fewer movies fold into their commonest genre.",
     )
+
+    _paths = field_validator("source")(_optional_path)
 
 
 class RetrievalConfig(Section):
@@ -135,6 +212,8 @@ class ModelConfig(Section):
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto", description="auto: bf16 where the hardware has it, else fp32."
     )
+
+    _paths = field_validator("name_or_path", "cache_dir")(_required_path)
 
 
 class FinetuneConfig(Section):
@@ -243,6 +322,8 @@ class InferConfig(Section):
         None, ge=1, description="Free generation length (None: the longest name + 1)."
     )
 
+    _paths = field_validator("adapter")(_optional_path)
+
 
 class GuardsConfig(Section):
     enforce: bool = Field(True, description="False publishes even when a guard fails.")
@@ -308,13 +389,17 @@ class PipelineConfig(Section):
     )
     start: dt.date | None = Field(None, description="Replay: first day served.")
     end: dt.date | None = Field(None, description="Replay: day after the last day served.")
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="Hit rate cut-offs.")
+    ks: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 5, 10], min_length=1, description="Hit rate cut-offs."
+    )
     work_root: str | None = Field(
         None,
         description="Replay: where tables and adapters are built (None: reports/<report>/work). "
         "Replays sharing one reuse its adapters and tables (one per day, settings and source "
         "counts: rewritten counts or catalog are rebuilt). Run one replay at a time per work root.",
     )
+
+    _paths = field_validator("work_root")(_optional_path)
 
 
 class EvaluateConfig(Section):
@@ -324,12 +409,16 @@ class EvaluateConfig(Section):
     start: dt.date | None = Field(None, description="First day scored (None: end - days).")
     end: dt.date | None = Field(None, description="Day after the last scored (None: last + 1).")
     days: int = Field(7, ge=1, description="Days scored when start is not given.")
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="Hit rate cut-offs.")
+    ks: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 5, 10], min_length=1, description="Hit rate cut-offs."
+    )
 
 
 class Config(Section):
     root: str = Field("data", description="Where the system writes: local path or s3://bucket/prefix.")
-    report: str = Field("default", description="Name of the report folder a job writes.")
+    report: str = Field(
+        "default", description="Name of the report folder a job writes (reports/<report>)."
+    )
     as_of: dt.date | None = Field(
         None, description="The day d a job builds for (None: last day + 1)."
     )
@@ -347,13 +436,32 @@ class Config(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
+    # "section.key" -> the value as written, for each path that held `{root}`: what
+    # `python -m common.config` prints, so that a saved file follows the root it is run with.
+    _root_templates: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    _root = field_validator("root")(_required_path)
+
+    @field_validator("report")
+    @classmethod
+    def _report_is_a_folder_name(cls, value: str) -> str:
+        # reports/<report>: "" would write into reports/ itself and "../x" outside it.
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+            raise ValueError(
+                f"{value!r} is not a report name: one folder name under reports/ "
+                "(not empty, no '/' or '\\', not '.' or '..')"
+            )
+        return value
+
     @model_validator(mode="after")
     def _expand_root(self) -> Config:
         root = self.root.rstrip("/") or "/"
-        for name in ("interactions", "items", "clusters"):
-            value = getattr(self.inputs, name)
-            if "{root}" in value:
-                setattr(self.inputs, name, value.replace("{root}", root))
+        for section, name in ROOT_PATHS:
+            node = getattr(self, section)
+            value = getattr(node, name)
+            if value is not None and "{root}" in value:
+                self._root_templates[f"{section}.{name}"] = value
+                setattr(node, name, value.replace("{root}", root))
         return self
 
     @model_validator(mode="after")
@@ -368,8 +476,43 @@ class Config(Section):
         return self
 
 
+# The keys that may hold `{root}` (section, key); the module docstring names them.
+ROOT_PATHS = (
+    ("inputs", "interactions"), ("inputs", "items"), ("inputs", "clusters"),
+    ("ingest", "source"), ("model", "name_or_path"), ("model", "cache_dir"),
+    ("infer", "adapter"), ("pipeline", "work_root"),
+)
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says what to fix."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader, except that a date-shaped scalar that is no real date (2026-02-30) stays
+    text: PyYAML would raise a bare ValueError, and as text the config check names its key."""
+
+
+def _timestamp_or_text(loader: _Loader, node: yaml.Node) -> Any:
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+
+
+def _load_text(text: str) -> Any:
+    """The same document with every scalar as the text written (YAML's BaseLoader)."""
+    try:
+        return yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - strings only
+    except (yaml.YAMLError, ValueError):
+        return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -380,10 +523,88 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        # Blank is "" (not YAML's null): `--set infer.adapter=$UNSET` is no ask for the default.
+        value = _load_yaml(raw) if raw.strip() else ""
+    except (yaml.YAMLError, ValueError):
         value = raw
     return key.strip().split("."), value
+
+
+# What YAML reads from an unquoted scalar other than text and null (datetime is a date).
+_SCALARS = (bool, int, float, dt.date)
+
+
+def _text_kind(annotation: Any) -> str | None:
+    """"str" for a str key, "optional" for str | None, "list" for list[str], else None."""
+    if annotation is str:
+        return "str"
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and set(args) == {str, type(None)}:
+        return "optional"
+    if origin is list and args == (str,):
+        return "list"
+    return None
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _as_written(annotation: Any, value: Any, text: Any) -> Any:
+    """A number, date or bool YAML read for a text key, as the text written (`text`: the same
+    value read by the BaseLoader); every other value unchanged, for pydantic to check."""
+    kind = _text_kind(annotation)
+    if kind in ("str", "optional"):
+        return text if isinstance(value, _SCALARS) and isinstance(text, str) else value
+    if kind == "list" and isinstance(value, list) and isinstance(text, list) and (
+        len(value) == len(text)
+    ):
+        return [t if isinstance(v, _SCALARS) and isinstance(t, str) else v
+                for v, t in zip(value, text, strict=True)]
+    return value
+
+
+def _file_as_written(data: dict, text: Any, model: type[BaseModel]) -> dict:
+    """_as_written over a config file's mapping; an empty section (`simulate:` with every key
+    commented out) reads as no keys, so its defaults apply."""
+    text = text if isinstance(text, dict) else {}
+    out = {}
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:  # unknown: _check_keys names it
+            out[key] = value
+        elif _is_section(field.annotation):
+            if value is None:
+                value = {}
+            if isinstance(value, dict):
+                value = _file_as_written(value, text.get(key), field.annotation)
+            out[key] = value
+        else:
+            out[key] = _as_written(field.annotation, value, text.get(key))
+    return out
+
+
+def _override_as_written(keys: list[str], value: Any, raw: str) -> Any:
+    """An override's value as _as_written takes it. The raw text is what the user typed, so a
+    text key takes it for anything that did not read as text (`report=2026`, `report=#1`,
+    `inputs.items={root}`), except null for a key that may be None."""
+    model: type[BaseModel] = Config
+    for key in keys[:-1]:
+        field = model.model_fields.get(key)
+        if field is None or not _is_section(field.annotation):
+            return value
+        model = field.annotation
+    field = model.model_fields.get(keys[-1])
+    if field is None:
+        return value
+    kind = _text_kind(field.annotation)
+    if kind == "str" and not isinstance(value, str):
+        return raw.strip()
+    if kind == "optional" and value is not None and not isinstance(value, str):
+        return raw.strip()
+    if kind == "list":
+        return _as_written(field.annotation, value, _load_text(raw))
+    return value
 
 
 def _check_keys(data: dict, model: type[BaseModel], prefix: str = "") -> None:
@@ -397,6 +618,14 @@ def _check_keys(data: dict, model: type[BaseModel], prefix: str = "") -> None:
             _check_keys(value, sub, prefix + key + ".")
 
 
+def _message(err: Any) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "string_type" and err.get("input") is not None:
+        # e.g. `items: {root}` in a file, which YAML reads as a mapping
+        msg += " (quote it: YAML read it as something else)"
+    return msg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Embedded defaults, then the YAML file, then each `key=value` override in order."""
     data: dict = {}
@@ -406,13 +635,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OSError as e:
             raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror}") from e
         try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
+            data = _load_yaml(text) or {}
+        except (yaml.YAMLError, ValueError) as e:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top")
+        data = _file_as_written(data, _load_text(text), Config)
     for text in overrides or []:
         keys, value = parse_override(text)
+        value = _override_as_written(keys, value, text.split("=", 1)[1])
         node = data
         for key in keys[:-1]:
             node = node.setdefault(key, {})
@@ -425,9 +656,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as e:
         problems = "; ".join(
             # A whole-config check (a model validator) has no key of its own: its text names them.
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc'])}: {_message(err)}"
             if err["loc"]
-            else err["msg"].removeprefix("Value error, ")
+            else _message(err)
             for err in e.errors()
         )
         raise ConfigError(f"invalid config: {problems}") from None
@@ -451,12 +682,13 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.exit(f"error: {e}")
     dumped = cfg.model_dump(mode="json")
-    # Inputs still at their default print as "{root}/...", so a file saved from this output
-    # keeps them under whatever root it is later run with.
+    # Paths given with `{root}` (the inputs' defaults among them) print as written, so a file
+    # saved from this output keeps them under whatever root it is later run with.
     root = cfg.root.rstrip("/") or "/"
-    for name, field in InputsConfig.model_fields.items():
-        if dumped["inputs"][name] == field.default.replace("{root}", root):
-            dumped["inputs"][name] = field.default
+    for dotted, template in cfg._root_templates.items():
+        section, name = dotted.split(".")
+        if dumped[section][name] == template.replace("{root}", root):
+            dumped[section][name] = template
     print(yaml.safe_dump(dumped, sort_keys=False), end="")
 
 

@@ -41,7 +41,13 @@ def local_path(uri: str) -> str:
 
 
 def join(root: str, *parts: str) -> str:
-    """Join path parts with '/', for local paths and URIs alike."""
+    """Join path parts with '/', for local paths and URIs alike.
+
+    An empty root is refused: "" joined would be `/x`, a path in the filesystem root, while
+    local_path("") is the cwd, so a check of the one and a write to the other would differ."""
+    if not root.strip():
+        raise ConfigError(f"empty path to join {'/'.join(map(str, parts))!r} to: a root or "
+                          "input path is empty (an unset shell variable?)")
     out = root.rstrip("/")
     for part in parts:
         out = f"{out}/{str(part).strip('/')}"

@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
         "Ratings with a missing or non-numeric field, movies without an id and repeats of a "
         "movie id (the first row is kept) are dropped and counted in the summary",
     )
-    parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys_help("", "inputs", "ingest")
+    keys = keys_help("root", "inputs", "ingest")  # report and as_of mean nothing here
+    parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys
     return run_main(parser, run, argv)
 
 

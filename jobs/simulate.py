@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         writes="inputs.interactions (a folder of day=YYYY-MM-DD/part-0.parquet), inputs.items, "
         "inputs.clusters. " + REPLACE_NOTE,
     )
-    parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys_help("", "inputs", "simulate")
+    keys = keys_help("root", "inputs", "simulate")  # report and as_of mean nothing here
+    parser.epilog += "\n\nKeys (--set KEY=VALUE), defaults:\n" + keys
     return run_main(parser, run, argv)
 
 
