@@ -388,8 +388,19 @@ def read_batch(batch, items_table, after_day, env, before_day=None):
     return counts, events, pa.concat_tables(item_parts)
 
 
+def file_batches(ray, files: list[str], min_tasks: int = 0) -> list[list[tuple[int, str]]]:
+    """Runs of (index, file) in path order, one per read task: 4 per CPU of the cluster, or
+    `min_tasks` (aggregate.num_partitions) when more. An autoscaling cluster that starts cold
+    has no worker CPU yet, and the tasks asked for are what it scales up to."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    n_tasks = min(len(files), max(min_tasks, 4 * max(1, cpus)))
+    indexed = list(enumerate(files))
+    return [indexed[k * len(files) // n_tasks:(k + 1) * len(files) // n_tasks]
+            for k in range(n_tasks)]
+
+
 def read_events(interactions: str, items_table: pa.Table, after_day: int | None = None,
-                before_day: int | None = None) -> Events:
+                before_day: int | None = None, min_tasks: int = 0) -> Events:
     """Launch read tasks over runs of files (path order); InputError on an unusable file."""
     import ray
 
@@ -397,10 +408,7 @@ def read_events(interactions: str, items_table: pa.Table, after_day: int | None 
     read = ray.remote(num_returns=3)(read_batch)
     items_ref = ray.put(items_table.select(["item_id", "cluster_id"]))
     env = storage_env()
-    n_tasks = min(len(files), 4 * max(1, int(ray.cluster_resources().get("CPU", 1))))
-    indexed = list(enumerate(files))
-    batches = [indexed[k * len(files) // n_tasks:(k + 1) * len(files) // n_tasks]
-               for k in range(n_tasks)]
+    batches = file_batches(ray, files, min_tasks)
     outs = [read.remote(b, items_ref, after_day, env, before_day) for b in batches]
     stats = ray.get([o[0] for o in outs])
     errors = [s["error"] for s in stats if "error" in s]

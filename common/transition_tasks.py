@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from common import storage
 from common.cli import InputError
-from common.inputs import list_input_files, merge_counts, read_batch
+from common.inputs import file_batches, list_input_files, merge_counts, read_batch
 from common.item_counts import items_dir
 from common.sequences import (
     sequence_transitions,
@@ -114,10 +114,7 @@ def count_with_tasks(ray, interactions: str, items: pa.Table, after_day: int | N
     the days whose item counts were written)."""
     files = list_input_files(interactions)
     q = n  # day buckets of the write wave
-    n_tasks = min(len(files), 4 * max(1, int(ray.cluster_resources().get("CPU", 1))))
-    indexed = list(enumerate(files))
-    batches = [indexed[k * len(files) // n_tasks:(k + 1) * len(files) // n_tasks]
-               for k in range(n_tasks)]
+    batches = file_batches(ray, files, n)
     items_ref = ray.put(items.select(["item_id", "cluster_id"]))
     read = ray.remote(num_returns=1 + n + q)(_read_split)
     outs = [read.remote(b, items_ref, after_day, before_day, env, n, q) for b in batches]

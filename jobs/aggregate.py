@@ -129,7 +129,7 @@ def _count_with_dataset(ray, cfg: Config, items: pa.Table, meta: dict | None,
     """The Ray Data engine: groupby(shard).map_groups, then groupby(day).map_groups writes."""
     root = cfg.root
     events = read_events(cfg.inputs.interactions, items, after_day=after_day,
-                         before_day=before_day)
+                         before_day=before_day, min_tasks=n)
     counts = events.counts
     string_users = events.user_type == pa.string() or (meta or {}).get("user_type") == "string"
     if counts.get("events", 0) == 0:

@@ -185,3 +185,22 @@ def test_remove_stale_keeps_what_the_full_run_wrote(tmp_path):
         "state/v-new",
         "transitions/day=2026-03-01",
     ]
+
+
+def test_a_cold_cluster_gets_as_many_read_tasks_as_partitions():
+    """A cluster whose workers scale from zero shows no CPU when the job starts: 4 read tasks
+    per CPU would be 4 in all, and the autoscaler would start one worker for them.
+    aggregate.num_partitions (sized to the cluster's max) sets the floor instead."""
+    from types import SimpleNamespace
+
+    from common.inputs import file_batches
+
+    cold = SimpleNamespace(cluster_resources=lambda: {"CPU": 0.0})
+    files = [f"day={i:03d}/part-0.parquet" for i in range(1000)]
+    assert len(file_batches(cold, files)) == 4
+    batches = file_batches(cold, files, min_tasks=256)
+    assert len(batches) == 256 and min(map(len, batches)) >= 3
+    assert [f for run in batches for _, f in run] == files  # every file once, in path order
+    warm = SimpleNamespace(cluster_resources=lambda: {"CPU": 128.0})
+    assert len(file_batches(warm, files, min_tasks=256)) == 512
+    assert len(file_batches(warm, files[:10], min_tasks=256)) == 10  # no empty task
