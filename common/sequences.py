@@ -137,9 +137,15 @@ def sum_day(counts: pa.Table) -> pa.Table:
 
 
 def write_day_file(table: pa.Table, folder: str) -> None:
-    """Replace the day's folder with one part-0.parquet (deterministic name and content)."""
-    storage.remove(folder)
+    """Replace the day's folder with one part-0.parquet (deterministic name and content): the
+    new file replaces the old one in one step (write_parquet), then anything else in the folder
+    goes, so a reader running meanwhile never finds the day missing or half written."""
     write_parquet(table, storage.join(folder, "part-0.parquet"))
+    fs, path = storage.fsspec_for(folder)
+    fs.invalidate_cache(path)
+    for other in fs.ls(path, detail=False):
+        if other.rstrip("/").rsplit("/", 1)[-1] != "part-0.parquet":
+            fs.rm(other, recursive=True)
 
 
 def sum_items_day(partial: pa.Table) -> pa.Table:
