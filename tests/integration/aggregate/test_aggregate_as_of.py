@@ -40,7 +40,7 @@ def snapshot(root: str) -> dict:
 
 @pytest.mark.parametrize("engine", ["tasks", "dataset"])
 def test_as_of_holds_later_days_and_a_failed_full_run_keeps_the_counts(
-    ray_session, tmp_path, root, engine
+    ray_session, tmp_path, root, engine, engines_run
 ):
     log = tmp_path / "log"
     rows = write_rows(str(log), ROWS, "parquet", "epoch")
@@ -90,3 +90,4 @@ def test_as_of_holds_later_days_and_a_failed_full_run_keeps_the_counts(
     state = storage.read_json(f"{root}/stats/state/meta.json")
     assert sorted(os.listdir(f"{root}/stats/state")) == sorted(["meta.json", state["version"]])
     assert state["last_day"] == "2026-03-01"
+    assert set(engines_run) == {engine} and len(engines_run) >= 3  # every run used that engine

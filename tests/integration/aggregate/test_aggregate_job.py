@@ -38,7 +38,7 @@ ENGINES = pytest.mark.parametrize("engine", ["tasks", "dataset"])
 
 
 @ENGINES
-def test_edge_log_exact_counts_and_outputs(ray_session, tmp_path, root, engine):
+def test_edge_log_exact_counts_and_outputs(ray_session, tmp_path, root, engine, engines_run):
     # Two partition folders, two files each: files by path, then rows, give the tie order.
     logdir = tmp_path / "log"
     rows = write_log(str(logdir / "day=a"), EDGE_ROWS[:12], "parquet", "timestamp_plus2")
@@ -46,7 +46,7 @@ def test_edge_log_exact_counts_and_outputs(ray_session, tmp_path, root, engine):
     write_parquet(items_table(), str(tmp_path / "items.parquet"))
     cfg = config(root, str(logdir), str(tmp_path / "items.parquet"), f"aggregate.engine={engine}")
     summary = aggregate.run(cfg)
-    assert summary["engine"] == engine
+    assert summary["engine"] == engine and engines_run == [engine]  # that engine counted
     assert table_counts(read_transitions(root)) == reference_counts(rows, ITEM_CLUSTER)
     assert summary["dropped"] == EDGE_DROPS
     assert summary["events_read"] == len(EDGE_ROWS) and summary["transitions_written"] == 7
@@ -81,7 +81,7 @@ def test_csv_string_ids_and_garbage_timestamps_are_counted(ray_session, tmp_path
 
 
 @ENGINES
-def test_incremental_equals_full(ray_session, tmp_path, engine):
+def test_incremental_equals_full(ray_session, tmp_path, engine, engines_run):
     src = tmp_path / "sim"
     sim_cfg = load_config(None, [f"root={src}", "simulate.n_events=20000", "simulate.n_users=300",
                                  "simulate.days=6", "simulate.n_clusters=12",
@@ -99,6 +99,7 @@ def test_incremental_equals_full(ray_session, tmp_path, engine):
     for d in days[4:]:
         shutil.copytree(f"{sim_cfg.inputs.interactions}/{d}", live / d)
     second = aggregate.run(config(inc_root, str(live), sim_cfg.inputs.items, eng))
+    assert engines_run == [engine, engine]  # both incremental runs on the engine under test
     aggregate.run(config(full_root, str(live), sim_cfg.inputs.items))
     assert (first["mode"], second["mode"]) == ("full", "incremental")
     assert first["days_processed"] == 4 and second["days_processed"] == 2

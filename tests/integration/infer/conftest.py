@@ -1,4 +1,4 @@
-"""The tiny inputs of the jobs.infer tests (infer_inputs.py), one fresh root per test."""
+"""The tiny inputs of the jobs.infer tests (tests/infer_inputs.py), one fresh root per test."""
 
 from __future__ import annotations
 

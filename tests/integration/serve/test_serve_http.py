@@ -53,20 +53,31 @@ def test_every_pair_answers_per_contract_with_backoff(serve_app):
     assert (r["source"], [x["cluster_id"] for x in r["clusters"]]) == ("backoff_global", [0, 2, 8])
 
 
+def history_pair(history: list[int]) -> tuple[int, int]:
+    """The contract's pair of a history, worked out here (not with serve.app): the last two ids
+    once consecutive repeats collapse; one distinct id x gives (x, x)."""
+    ids = [c for i, c in enumerate(history) if i == 0 or c != history[i - 1]]
+    return (ids[-2], ids[-1]) if len(ids) > 1 else (ids[-1], ids[-1])
+
+
 def test_batch_equals_single_in_order(serve_app):
+    """Each batch result is the contract answer of its own history, in order, and equals the
+    single GET of it (whichever version is served when this test runs)."""
     c = serve_app.client
     rng = random.Random(0)
     histories = [[rng.randrange(10) for _ in range(rng.randrange(2, 6))] for _ in range(40)]
+    histories += [[4, 7, 7], [2, 2, 9, 9], [6, 6]]  # repeats at the end collapse
     r = c.post(f"{serve_app.url}/v1/next", json={"histories": histories, "k": 4})
     assert r.status_code == 200, r.text
     batch = r.json()
-    assert len(batch["results"]) == 40
+    assert len(batch["results"]) == len(histories)
     for h, answer in zip(histories, batch["results"], strict=True):
         assert answer["version"] == batch["version"]
+        check_answer(answer, *history_pair(h), 4)
         single = c.get(
             f"{serve_app.url}/v1/next", params={"history": ",".join(map(str, h)), "k": 4}
         ).json()
-        assert single == answer  # nothing is published before the hot-swap test below
+        assert single == answer  # no publish runs while this test does
 
 
 def test_recommend_grounds_items(serve_app):
@@ -201,52 +212,71 @@ def test_no_table_then_first_publish(serve_app):
 
 
 def test_hot_swap_under_load_has_no_failed_request(serve_app):
-    """5 clients x 600 requests; v2 (and then a broken version) are published mid-load."""
-    url, root = serve_app.url, serve_app.root
-    current = serve_app.client.get(f"{url}/v1/healthz").json()["version"]
+    """5 clients send requests back to back until told to stop; v2 and then a broken version
+    (its table unreadable) are published while they run. Every request is a 200 with the
+    contract answer of the version it names; each client, whose requests are sequential, reads
+    the old version then the new one, never the old one after the new (one replica); and the
+    requests answered after the broken swap was seen all come from the new version. Bounded by
+    request counts and timeouts, not by how fast the swap is."""
+    url, root, http = serve_app.url, serve_app.root, serve_app.client
+    current = http.get(f"{url}/v1/healthz").json()["version"]
     new = "v2" if current == "v1" else "v1"
-    results: list[list[tuple[float, int, dict | str, int, int]]] = [[] for _ in range(5)]
+    results: list[list[tuple[int, dict | str, int, int]]] = [[] for _ in range(5)]
+    stop = threading.Event()
 
     def client(i: int) -> None:
         rng = random.Random(i)
         with httpx.Client(timeout=30) as c:
-            for _ in range(600):
+            while not stop.is_set() and len(results[i]) < 20_000:
                 c1, c2 = rng.randrange(10), rng.randrange(10)
                 r = c.get(f"{url}/v1/next", params={"history": f"{c1},{c2}", "k": 3})
                 body = r.json() if r.status_code == 200 else r.text
-                results[i].append((time.monotonic(), r.status_code, body, c1, c2))
+                results[i].append((r.status_code, body, c1, c2))
+
+    def each_client_answers(n: int) -> list[int]:
+        """Wait (60 s at most) until every client has n more answers than now; their count now."""
+        marks = [len(rows) for rows in results]
+        deadline = time.monotonic() + 60
+        while any(len(rows) - m < n for rows, m in zip(results, marks, strict=True)):
+            assert all(t.is_alive() for t in threads), "a client stopped early"
+            assert time.monotonic() < deadline, "the clients did not get answers in 60 s"
+            time.sleep(0.05)
+        return marks
+
+    def wait_health(done) -> dict:
+        deadline = time.monotonic() + 30
+        while not done(health := http.get(f"{url}/v1/healthz").json()):
+            assert time.monotonic() < deadline, f"not seen in 30 s: {health}"
+            time.sleep(0.05)
+        return health
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(5)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    write_version(root, new, pairs=PAIRS[new])
-    published_at = time.monotonic()
-    time.sleep(1.5)
-    write_version(root, "broken", swap=False)
-    Path(storage.table_dir(root, "broken"), "table.parquet").write_bytes(b"not parquet")
-    storage.swap_current(root, "broken")  # fails to load: the new version keeps serving
-    for t in threads:
-        t.join()
+    try:
+        each_client_answers(50)  # every client reads the old version first
+        write_version(root, new, pairs=PAIRS[new])
+        wait_health(lambda h: h["version"] == new)
+        each_client_answers(100)
+        write_version(root, "broken", swap=False)
+        Path(storage.table_dir(root, "broken"), "table.parquet").write_bytes(b"not parquet")
+        storage.swap_current(root, "broken")  # fails to load: the new version keeps serving
+        health = wait_health(lambda h: h["last_error"] is not None)
+        after_broken = each_client_answers(100)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert health["version"] == new and "broken failed to load" in health["last_error"]
 
     rows = [row for per_client in results for row in per_client]
-    assert len(rows) == 3000
-    assert [r for r in rows if r[1] != 200] == []
-    for _, _, body, c1, c2 in rows:
+    assert [r for r in rows if r[0] != 200] == []
+    for _, body, c1, c2 in rows:
         check_answer(body, c1, c2, 3)  # every answer matches the version it names
-    versions = {body["version"] for _, _, body, _, _ in rows}
-    assert versions == {current, new}
-    first_new = min(t for t, _, body, _, _ in rows if body["version"] == new)
-    # One replica: once the new version answers, the old one never does again.
-    assert all(body["version"] == new for t, _, body, _, _ in rows if t > first_new + 2.0)
-    assert first_new - published_at < 10, "the new version took more than 10 s to be served"
-    print(f"new version first served {first_new - published_at:.2f}s after the publish")
-    # The clients may finish before the next poll (0.2 s) sees the broken pointer: wait for it.
-    deadline = time.monotonic() + 5
-    while True:
-        health = serve_app.client.get(f"{url}/v1/healthz").json()
-        if health["last_error"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert health["version"] == new and "broken failed to load" in (health["last_error"] or "")
+    for i, per_client in enumerate(results):
+        seq = [body["version"] for _, body, _, _ in per_client]
+        assert set(seq) == {current, new}, i
+        assert seq == sorted(seq, key=[current, new].index), f"client {i}: old after new"
+        late = seq[after_broken[i] :]
+        assert len(late) >= 100 and set(late) == {new}, i
     storage.swap_current(root, new)  # leave a good pointer for later tests

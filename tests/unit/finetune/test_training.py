@@ -235,8 +235,9 @@ def test_a_run_killed_midway_resumes_to_the_same_adapter(trainable_tiny, tmp_pat
 
     whole = run("whole")
     kill = {"fail_at_step": 7, "fail_marker": str(tmp_path / "killed")}
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="injected failure at step 7"):
         run("resumed", **kill)
+    assert (tmp_path / "killed").exists()  # the hook fired, not some other error
     (tmp_path / "resumed" / "step-00000009.tmp").mkdir()  # the next checkpoint's copy, cut short
     resumed = run("resumed", **kill)
     assert whole["total_steps"] > 9 and resumed["start_step"] == 6

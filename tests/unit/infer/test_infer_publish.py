@@ -125,7 +125,7 @@ def test_crash_between_write_and_swap_keeps_current(root, monkeypatch):
 
     monkeypatch.setattr(storage, "swap_current", crash)
     new = new_version(dt.date(2026, 3, 2), "rag")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed before the swap"):
         publish_version(root, new, **_parts())
     assert storage.exists(storage.join(storage.table_dir(root, new), "manifest.json"))
     assert storage.read_current(root) == old
