@@ -4,7 +4,7 @@
         [--repeats 3] [--set aggregate.engine=dataset]
 
 Simulates the log once (cached under data/bench/, keyed by its size), then times, side by side in
-one run, (1) one DuckDB query computing the SYSTEM.md daily novel-transition counts
+one run, (1) one DuckDB query computing the docs/contracts.md daily novel-transition counts
 (bench/duckdb_transitions.py) and (2) the aggregate job as a fresh process (Python start, Ray
 start, read, shuffle, write, drift report: everything a user waits for), and checks that both
 give exactly the same counts. Prints one JSON line; docs/benchmarks.md records results.

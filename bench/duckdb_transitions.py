@@ -1,4 +1,4 @@
-"""The SYSTEM.md transition counts as one DuckDB query: the yardstick for jobs.aggregate.
+"""The docs/contracts.md transition counts as one DuckDB query: the yardstick for jobs.aggregate.
 
 Files are read in path order and `file_row_number` keeps rows in file order, so ties in `ts`
 break by input order exactly as the contract says. Events whose item is unknown, or whose ids or

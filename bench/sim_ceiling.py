@@ -4,7 +4,7 @@ distributions, which no learner sees, next to the frequency table, on the same s
     python -m bench.sim_ceiling --start DAY --end DAY [--config FILE] [--set key=value ...]
 
 Replays `jobs.simulate` with the config's `simulate` section (same seed, same log: the hook
-draws nothing) and, for every event that becomes a transition (c1, c2) -> c3 (SYSTEM.md
+draws nothing) and, for every event that becomes a transition (c1, c2) -> c3 (docs/contracts.md
 "Transitions"), adds up the probability the simulator gave each next cluster for that user at
 that step: softmax of semantics + popularity + trends, mixed with the user's favourites. Summed
 over the day's events at (c1, c2), that is the expected count of each c3, so ranking by it is the

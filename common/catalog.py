@@ -1,6 +1,6 @@
 """The cluster catalog: ids, names and descriptions of the interest clusters.
 
-SYSTEM.md "Inputs"."""
+docs/contracts.md "Inputs"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One typed config for every job and the Serve app (SYSTEM.md "Running").
+"""One typed config for every job and the Serve app (docs/contracts.md "Running").
 
 Loaded from YAML (`--config FILE`) with repeatable `--set key=value` overrides on top of the
 embedded defaults. Unknown keys are an error that names the key. The path keys (inputs.*,
@@ -145,7 +145,8 @@ class AggregateConfig(Section):
     num_partitions: int | None = Field(
         None,
         ge=1,
-        description="User shards of the per-user shuffle (None: 2 per CPU of the cluster).",
+        description="User shards of the per-user shuffle, and the fewest log-read tasks (None: 2 "
+        "per CPU of the cluster; on an autoscaling cluster set it to 2 per CPU at full size).",
     )
     incremental: bool = Field(
         True,

@@ -1,8 +1,8 @@
 """Measured drift: how much the top successors of a pair change between consecutive windows.
 
-SYSTEM.md "Evaluation": the mean Jaccard similarity of each well-supported pair's top-5 successors
-between consecutive 30-day windows (the paper measured 0.17 month over month). Windows are
-consecutive, non-overlapping and full, counted from the first day with counts; a pair is
+docs/contracts.md "Evaluation": the mean Jaccard similarity of each well-supported pair's top-5
+successors between consecutive 30-day windows (the paper measured 0.17 month over month).
+Windows are consecutive, non-overlapping and full, counted from the first day with counts; a pair is
 well-supported when it has at least `min_support` transitions in both windows. Successors are
 ranked by count, ties by cluster id, so the number is deterministic.
 """

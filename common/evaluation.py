@@ -1,4 +1,4 @@
-"""Hit rate of a published table over logged transitions (SYSTEM.md "Evaluation").
+"""Hit rate of a published table over logged transitions (docs/contracts.md "Evaluation").
 
 Each held-out transition (c1, c2) -> c3 scores 1 at k when c3 is among the first k answers the
 server gives for (c1, c2): `Lookup.answer`, with its backoff, so a number here is exactly what

@@ -1,4 +1,4 @@
-"""The checks a candidate table must pass before it is published (SYSTEM.md "Guards").
+"""The checks a candidate table must pass before it is published (docs/contracts.md "Guards").
 
 Pure decisions over measured numbers; `jobs.infer` measures them:
 - `valid_rate`: share of FREELY generated answers (greedy, no constraint) that name a real cluster,

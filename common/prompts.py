@@ -1,8 +1,8 @@
 """Instance-level prompts, one per cluster pair (c1, c2), and the answer the model must produce.
 
-SYSTEM.md "Retrieval (RAG) snapshot" and issue 3 item 2. Fine-tuning (jobs/finetune.py) and bulk
-inference (jobs/infer.py) both build their text here, so what the model is trained on is exactly
-what it is scored on. Layout, in the model's own chat template:
+docs/contracts.md "Retrieval (RAG) snapshot" and issue 3 item 2. Fine-tuning (jobs/finetune.py)
+and bulk inference (jobs/infer.py) both build their text here, so what the model is trained on is
+exactly what it is scored on. Layout, in the model's own chat template:
 
     system:    the task, the same for every pair               } the shared prefix: computed once
     user:      Previous: <c1 name> - <c1 description>            per bulk run (PrefixScorer's KV

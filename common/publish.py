@@ -1,4 +1,5 @@
-"""Write a table version folder and point `tables/CURRENT` at it (SYSTEM.md "Published table").
+"""Write a table version folder and point `tables/CURRENT` at it (docs/contracts.md
+"Published table").
 
 The folder layout is the one `common.lookup` reads. Every file of a version is written under a
 new, unique version name first; `storage.swap_current` is the single atomic step at the end, so a

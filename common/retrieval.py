@@ -1,7 +1,7 @@
 """The retrieval (RAG) snapshot for day d: per (c1, c2) the top successors in [d - W, d).
 
-SYSTEM.md "Retrieval (RAG) snapshot for day d"; issue 3 item 1. Three rankings, so the paper's
-retrieval variants can be compared (the prompt picks one, cfg.prompt.rag_variant):
+docs/contracts.md "Retrieval (RAG) snapshot for day d"; issue 3 item 1. Three rankings, so the
+paper's retrieval variants can be compared (the prompt picks one, cfg.prompt.rag_variant):
 
 - `frequency`: c1, c2, rank, c3, score, count, support. score = count / support, the share of the
   pair's window transitions that went to c3 (support = the pair's total in the window).

@@ -1,4 +1,4 @@
-"""Arrow schemas of the stored data every part meets through (SYSTEM.md)."""
+"""Arrow schemas of the stored data every part meets through (docs/contracts.md)."""
 
 import pyarrow as pa
 

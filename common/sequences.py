@@ -1,4 +1,4 @@
-"""Per-user sequence work of SYSTEM.md "Transitions", vectorised, for whole users at a time.
+"""Per-user sequence work of docs/contracts.md "Transitions", vectorised, for whole users at a time.
 
 Pure functions (numpy + pyarrow, no Ray) shared by both execution engines of jobs.aggregate:
 order a shard's events by (user, ts, input order), collapse repeats, count novel triples per UTC

@@ -4,7 +4,7 @@ Local paths (also as `file://` URIs) and `s3://bucket/prefix` work; any other sc
 hdfs://) is a ConfigError rather than a local folder named after it. S3 goes through s3fs, which
 honours the standard `AWS_ENDPOINT_URL` and credentials variables (that is how tests reach moto's
 server); pyarrow and Ray Data get the same s3fs wrapped as a pyarrow filesystem. The layout follows
-SYSTEM.md.
+docs/contracts.md.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
-# Layout under root (SYSTEM.md).
+# Layout under root (docs/contracts.md).
 def inputs_dir(root: str) -> str:
     return join(root, "inputs")
 

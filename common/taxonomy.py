@@ -1,4 +1,4 @@
-"""The built-in taxonomy of interest clusters the simulator draws from (SYSTEM.md "Inputs").
+"""The built-in taxonomy of interest clusters the simulator draws from (docs/contracts.md "Inputs").
 
 Real names with one-line descriptions, grouped by topic, so that prompts built from simulated logs
 read like the paper's (cluster names an LLM can reason about), and so that the simulator has a

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning data and loop, pure torch + PEFT (issue 3 items 4-5; SYSTEM.md "Data flow").
+"""LoRA fine-tuning data and loop, pure torch + PEFT (issue 3 items 4-5; docs/contracts.md
+"Data flow").
 
 Data (`build_data`): the transitions of [d - W, d) give examples (c1, c2) -> c3. Events are
 sampled without replacement under a cap per pair and per target (the head must not drown the

@@ -1,4 +1,4 @@
-"""Reading the daily transition counts (SYSTEM.md "Transitions").
+"""Reading the daily transition counts (docs/contracts.md "Transitions").
 
 Layout: `<root>/stats/transitions/day=YYYY-MM-DD/*.parquet`, every file with the full
 schemas.TRANSITIONS columns (day included), one folder per UTC day so that an update only adds

@@ -1,4 +1,5 @@
-"""Daily novel-transition counts from the interactions, with Ray Data (SYSTEM.md "Transitions").
+"""Daily novel-transition counts from the interactions, with Ray Data (docs/contracts.md
+"Transitions").
 
 Per user: order events by (ts, input order), collapse consecutive repeats, and count every
 (s[i-2], s[i-1], s[i]) whose s[i] is novel, on the UTC day of the event that produced s[i].
@@ -310,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
         "With as_of=D (set by jobs.pipeline tick --as-of D) only days before D are counted; "
         "events of D or later stay in the log for a later run and are reported as "
         "held_for_later. A full run (aggregate.incremental=false) replaces the previous counts "
-        "only once it has succeeded.",
+        "only once it has succeeded. An incremental run refuses a log that jobs.simulate or "
+        "jobs.ingest rewrote from other settings or data since the counts were made.",
         reads="inputs.interactions (Parquet or CSV, file or folder, local or s3://), "
         "inputs.items, inputs.clusters (when it exists: every cluster_id of the items must be "
         "in it); <root>/stats/state/ (the carried per-user state) when incremental",

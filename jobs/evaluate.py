@@ -1,4 +1,4 @@
-"""Score published tables on chosen days (SYSTEM.md "Evaluation").
+"""Score published tables on chosen days (docs/contracts.md "Evaluation").
 
 Each held-out transition (c1, c2) -> c3 of the scored days counts `count` times and hits at k when
 c3 is among the first k answers the server would give for (c1, c2): `common.lookup.Lookup`, with

@@ -1,4 +1,4 @@
-"""LoRA fine-tune for day d with Ray Train (issue 3 item 5; SYSTEM.md "Data flow").
+"""LoRA fine-tune for day d with Ray Train (issue 3 item 5; docs/contracts.md "Data flow").
 
 Examples come from the transitions of [d - W, d) (common/training.py `build_data`: diversified,
 the last days held out, each the exact inference prompt + answer). The per-worker loop is

@@ -1,6 +1,6 @@
 """Bulk inference for day d: the top-k answer of every cluster pair, guards, atomic publish.
 
-SYSTEM.md "Published table" and "Guards"; issue 4. Strategies: `frequency` (the retrieval
+docs/contracts.md "Published table" and "Guards"; issue 4. Strategies: `frequency` (the retrieval
 snapshot's ranking, no model), `base` (base model, no RAG), `rag` (base + RAG prompts), `ft`
 (adapter, no RAG), `hybrid` (adapter + RAG). LLM strategies run one Ray Data `map_batches` pass
 over the prompt rows with `PairScorer` (model loaded once per actor, shared-prefix KV cache, see

@@ -1,4 +1,4 @@
-"""Convert MovieLens or MovieTweetings into the input contract (SYSTEM.md "Inputs").
+"""Convert MovieLens or MovieTweetings into the input contract (docs/contracts.md "Inputs").
 
 Genre combinations become the interest clusters, named in words ("Action, Adventure & Sci-Fi"),
 as the data README suggests: a combination with fewer than `ingest.min_cluster_items` movies folds

@@ -1,4 +1,4 @@
-"""The cadence scheduler: what is due on a day, run it, remember it (SYSTEM.md "Data flow").
+"""The cadence scheduler: what is due on a day, run it, remember it (docs/contracts.md "Data flow").
 
 `python -m jobs.pipeline tick --as-of DAY` runs, for day d: aggregate the new days; a LoRA
 fine-tune when due (fixed: every `finetune_every_days`; adaptive: when the top-5 successors of
@@ -188,7 +188,7 @@ def window_jaccard(
     top: int = 5,
 ) -> float | None:
     """Mean Jaccard of the top-`top` successor sets of the pairs well supported in both windows
-    (SYSTEM.md "Evaluation": drift); None when no pair qualifies."""
+    (docs/contracts.md "Evaluation": drift); None when no pair qualifies."""
     return mean_jaccard(
         top_successors(transitions, a[0], a[1], top, min_support),
         top_successors(transitions, b[0], b[1], top, min_support),

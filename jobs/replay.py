@@ -1,4 +1,4 @@
-"""Replay of the cadence over logged history, for every strategy of SYSTEM.md "Evaluation".
+"""Replay of the cadence over logged history, for every strategy of docs/contracts.md "Evaluation".
 
 The clock advances one day at a time over [start, end). Before anything is built for day d, the
 daily counts of the days < d (and nothing later) are copied from `<root>/stats/` into the replay's

@@ -1,6 +1,6 @@
 """`python -m jobs.retrieve`: the retrieval (RAG) snapshot for day d, the paper's fast refresh.
 
-SYSTEM.md "Retrieval (RAG) snapshot for day d"; issue 3 item 1. Reads only the daily count
+docs/contracts.md "Retrieval (RAG) snapshot for day d"; issue 3 item 1. Reads only the daily count
 folders of [d - W, d) under `<root>/stats/transitions/` and writes
 `<root>/retrieval/day=<d>_w=<W>/` (common/retrieval.py has the rankings and the layout).
 

@@ -1,4 +1,4 @@
-"""Write a synthetic interaction log in the input contract (SYSTEM.md "Inputs").
+"""Write a synthetic interaction log in the input contract (docs/contracts.md "Inputs").
 
 Users move between interest clusters of the built-in taxonomy (common/taxonomy.py). The next
 cluster after (prev, cur) is drawn from a softmax over
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(
         "python -m jobs.simulate",
         "Write a synthetic interaction log (drifting interests over a built-in taxonomy).",
-        reads="the simulate section of the config only",
+        reads="nothing but the config (root, inputs.*, the simulate section)",
         writes="inputs.interactions (a folder of day=YYYY-MM-DD/part-0.parquet), inputs.items, "
         "inputs.clusters. " + REPLACE_NOTE,
     )

@@ -1,4 +1,5 @@
-"""The published lookup table over HTTP with Ray Serve (SYSTEM.md "HTTP API", docs/serve.md).
+"""The published lookup table over HTTP with Ray Serve (docs/contracts.md "HTTP API",
+docs/serve.md).
 
 `serve run serve.app:build_app root=ROOT` serves `<root>/tables/CURRENT` on 127.0.0.1:8000:
 `GET|POST /v1/next`, `GET /v1/recommend` (item grounding), `GET /v1/healthz`, OpenAPI at `/docs`.
@@ -122,7 +123,7 @@ def check_known(lookup: Lookup, ids: tuple[int, ...]) -> None:
 
 
 def next_answer(lookup: Lookup, c1: int, c2: int, k: int) -> dict[str, Any]:
-    """The /v1/next answer for a pair of known clusters (SYSTEM.md shape)."""
+    """The /v1/next answer for a pair of known clusters (docs/contracts.md shape)."""
     source, picked = lookup.answer(c1, c2, k)
     name = lookup.catalog.name
     return {

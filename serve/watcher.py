@@ -1,4 +1,5 @@
-"""Hot swap of the published table (SYSTEM.md "HTTP API": a new version is served within seconds).
+"""Hot swap of the published table (docs/contracts.md "HTTP API": a new version is served within
+seconds).
 
 A `TableWatcher` polls `<root>/tables/CURRENT` (local or s3://) from a daemon thread. When the
 pointer names a new version it loads that version off the request path and then replaces one

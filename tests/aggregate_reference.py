@@ -1,4 +1,5 @@
-"""An independent, plain-Python reading of SYSTEM.md "Transitions", used as the oracle in tests.
+"""An independent, plain-Python reading of docs/contracts.md "Transitions", used as the oracle in
+tests.
 
 Deliberately naive: one loop per user over Python datetimes, no numpy, no Arrow compute, so that
 it shares no code (and no bugs) with jobs/aggregate.py and common/inputs.py.

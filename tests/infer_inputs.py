@@ -3,7 +3,7 @@ and the model's own ranking outside Ray that the LLM tables are checked against 
 tests/integration/infer/, so the e2e `ray job submit` tests share them).
 
 Eight clusters whose names the tiny test tokenizer knows, and 16 days of daily transition counts
-(SYSTEM.md "Transitions": `stats/transitions/day=YYYY-MM-DD/*.parquet`) in which each pair
+(docs/contracts.md "Transitions": `stats/transitions/day=YYYY-MM-DD/*.parquet`) in which each pair
 (c1, c2) prefers successors (c1 + c2 + j) mod 8, j = 1, 2, 3, ..., with falling counts, so the
 frequency ranking of every pair is known and the held-out days are predictable.
 """

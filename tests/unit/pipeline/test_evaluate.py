@@ -101,7 +101,7 @@ def test_evaluate_current_and_named_versions(root):
     # (3,4) -> 0 at rank 1.
     assert m["B"]["hit_rate@1"] == pytest.approx((1 + 4) / 20)
     assert m["B"]["hit_rate@5"] == pytest.approx((1 + 2 + 4) / 20)
-    # Per day beside it, and the plot of them (SYSTEM.md: metrics.json plus plots).
+    # Per day beside it, and the plot of them (docs/contracts.md: metrics.json plus plots).
     daily = read_json(join(root, "reports", "ev2", "timeline.json"))["hit_rates"]
     assert daily["A"]["2026-03-01"]["hit_rate@1"] == pytest.approx(9 / 10)
     assert daily["A"]["2026-03-02"]["hit_rate@1"] == pytest.approx(1.0)
