@@ -144,6 +144,10 @@ def write_day_file(table: pa.Table, folder: str) -> None:
     fs, path = storage.fsspec_for(folder)
     fs.invalidate_cache(path)
     for other in fs.ls(path, detail=False):
+        # S3 may list the folder itself (an empty "day=.../" object a console left): not a file
+        # of the folder, and removing it recursively would take part-0.parquet along.
+        if other.rstrip("/") == path.rstrip("/"):
+            continue
         if other.rstrip("/").rsplit("/", 1)[-1] != "part-0.parquet":
             fs.rm(other, recursive=True)
 

@@ -227,7 +227,8 @@ def run(cfg: Config) -> dict:
     root, ac = cfg.root, cfg.aggregate
     meta = _read_meta(root) if ac.incremental else None
     source = written_source(cfg.inputs.interactions)
-    if meta and meta.get("inputs_source") != source:
+    # Counts made before logs carried a fingerprint have none to compare: taken as they are.
+    if meta and "inputs_source" in meta and meta["inputs_source"] != source:
         raise InputError(
             f"inputs.interactions {cfg.inputs.interactions} was rewritten (by jobs.simulate or "
             f"jobs.ingest, from other settings or files) after the counts under {root}/stats "

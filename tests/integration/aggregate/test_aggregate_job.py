@@ -175,3 +175,11 @@ def test_a_log_rewritten_from_other_settings_is_not_added_to_old_counts(ray_sess
     recounted = read_transitions(root)
     assert max(recounted["c3"].to_pylist()) < 8 <= max(counted["c3"].to_pylist())
     assert aggregate.run(cfg())["mode"] == "incremental"  # the new log's counts go on from here
+
+    # Counts made before logs carried fingerprints (meta.json without one) are taken as they are.
+    meta_uri = f"{root}/stats/state/meta.json"
+    meta = storage.read_json(meta_uri)
+    del meta["inputs_source"]
+    storage.write_json(meta_uri, meta)
+    simulate.run(cfg("simulate.n_clusters=8", "simulate.seed=3"))
+    assert aggregate.run(cfg())["mode"] == "incremental"

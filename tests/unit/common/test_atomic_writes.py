@@ -41,3 +41,20 @@ def test_a_rewritten_day_holds_only_the_new_file(tmp_path):
     assert read_table(str(folder))["count"].to_pylist() == [7]
     write_parquet(pa.table({"count": [8]}), str(folder / "part-0.parquet"))  # in place
     assert read_table(str(folder))["count"].to_pylist() == [8]
+
+
+@pytest.mark.s3
+def test_a_day_on_s3_with_a_folder_object_keeps_its_new_file(s3_bucket):
+    """The AWS console's "Create folder" leaves an empty `day=.../` object, which S3 lists as an
+    entry of the folder itself; the rewrite must not take the folder, new file and all, with it."""
+    from common import storage
+
+    folder = f"{s3_bucket}/stats/transitions/day=2026-03-01"
+    fs, path = storage.fsspec_for(folder)
+    fs.pipe_file(path + "/", b"")
+    write_parquet(pa.table({"count": [1]}), f"{folder}/part-00007.parquet")  # another layout
+    write_day_file(pa.table({"count": [4]}), folder)
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.find(path))
+    assert "part-0.parquet" in names and "part-00007.parquet" not in names
+    assert read_table(folder)["count"].to_pylist() == [4]
