@@ -536,10 +536,13 @@ _SCALARS = (bool, int, float, dt.date)
 
 
 def _text_kind(annotation: Any) -> str | None:
-    """"str" for a str key, "optional" for str | None, "list" for list[str], else None."""
+    """"str" for a str key (or a choice of strings: finetune.bf16=on is the text "on"),
+    "optional" for str | None, "list" for list[str], else None."""
     if annotation is str:
         return "str"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal and all(isinstance(a, str) for a in args):
+        return "str"
     if origin in (typing.Union, types.UnionType) and set(args) == {str, type(None)}:
         return "optional"
     if origin is list and args == (str,):
@@ -613,7 +616,7 @@ def _check_keys(data: dict, model: type[BaseModel], prefix: str = "") -> None:
         field = model.model_fields.get(key)
         if field is None:
             known = ", ".join(sorted(model.model_fields))
-            raise ConfigError(f"unknown config key {prefix + key!r} (known here: {known})")
+            raise ConfigError(f"unknown config key {prefix + str(key)!r} (known here: {known})")
         sub = field.annotation
         if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
             _check_keys(value, sub, prefix + key + ".")

@@ -213,3 +213,16 @@ def test_keys_help_can_list_single_top_level_keys():
     assert "report" not in text and "as_of" not in text
     assert "  simulate.n_users = " in text
     assert "report = default" in keys_help("")  # "" still lists every top-level key
+
+
+@pytest.mark.parametrize("value", ["on", "off", "auto"])
+def test_a_choice_of_words_takes_the_word_written(value):
+    """YAML reads on/off as booleans; finetune.bf16 is a choice of the words."""
+    assert load_config(None, [f"finetune.bf16={value}"]).finetune.bf16 == value
+
+
+def test_a_key_that_is_not_text_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("simulate:\n  1: 2\n")
+    with pytest.raises(ConfigError, match="unknown config key 'simulate.1'"):
+        load_config(path)
