@@ -38,7 +38,7 @@ ANSWER_CUE = "Answer:"  # the last line of a plain prompt; the name follows on t
 # The date a template that stamps today's date reads (Llama 3.x's "Today Date: ...", from its
 # `date_string` variable, else transformers' `strftime_now`): a prompt must not change with the
 # day it is rendered, or an adapter is scored and served on text it was not trained on.
-TEMPLATE_DATE = "01 Jan 2024"  # in Llama's own format
+TEMPLATE_DATE = "26 Jul 2024"  # Llama 3.1's own fixed default, so its prompts do not change
 
 
 def _apply_template(tokenizer, chat: list[dict], **kwargs) -> str:

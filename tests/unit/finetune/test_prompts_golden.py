@@ -203,7 +203,7 @@ def test_a_template_that_stamps_the_date_renders_the_same_every_day(tiny_model_d
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     )
     text = prompts.render_prompt(llama_like, CATALOG, 3, 7, [11])
-    assert text.startswith("<|im_start|>system\nToday Date: 01 Jan 2024<|im_end|>\n")
+    assert text.startswith("<|im_start|>system\nToday Date: 26 Jul 2024<|im_end|>\n")
     assert dt.date.today().strftime("%d %b %Y") not in text
     assert prompts.end_of_turn_id(llama_like) == llama_like.convert_tokens_to_ids("<|im_end|>")
 
