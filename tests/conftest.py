@@ -4,21 +4,15 @@ root."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+from ports import free_port
 
 from common.rayinit import set_ray_env
 
 # The jobs' environment; Serve tests go through the ingress the project deploys with.
 set_ray_env()
 os.environ.pop("RAY_ADDRESS", None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

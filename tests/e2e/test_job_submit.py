@@ -26,7 +26,6 @@ from subprocess import CompletedProcess
 import pytest
 from aggregate_cases import EDGE_ROWS, ITEM_CLUSTER, items_table, write_log
 from aggregate_reference import reference_counts, table_counts
-from conftest import free_port
 from infer_inputs import (
     AS_OF,
     IDS,
@@ -39,6 +38,7 @@ from infer_inputs import (
     rows_by_pair,
     write_inputs,
 )
+from ports import free_port
 
 from common import storage
 from common.tables_io import write_parquet

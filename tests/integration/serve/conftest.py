@@ -11,15 +11,8 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from ports import free_port
 from serve_tables import write_version
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
