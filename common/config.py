@@ -317,7 +317,8 @@ class InferConfig(Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="Torch threads per actor (None: the actor's node's cores / pool size).",
+        description="Torch threads per actor (None: the actor's node's cores, shared by the "
+        "pool's actors that fit on that node).",
     )
     max_new_tokens: int | None = Field(
         None, ge=1, description="Free generation length (None: the longest name + 1)."

@@ -229,6 +229,43 @@ def check_adapter_prompts(cfg: Config, adapter: str | None) -> None:
 
 
 # ---------------------------------------------------------------- the Ray Data callable
+def cpu_cores() -> int:
+    """Cores this process may run on (affinity and cgroup CPU sets respected)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def node_resources() -> dict:
+    """Ray's resources of the node this process runs on ({"CPU": 16.0, "GPU": 1.0, ...}); {}
+    outside Ray (a GPU box checking the batch function on its own)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return {}
+        me = ray.get_runtime_context().get_node_id()
+        return next((n["Resources"] for n in ray.nodes() if n["NodeID"] == me), {})
+    except Exception:  # no Ray installed, or a GCS that does not answer: size from the cores
+        return {}
+
+
+def threads_for(
+    actors: int, cpus_per_actor: float, gpus_per_actor: float, node: dict, cores: int
+) -> int:
+    """Torch threads of one scoring actor: the node's cores shared by the pool's actors that can
+    sit on this node. At most `actors` (infer.pool_size), and no more than its CPUs and GPUs hold:
+    8 actors of 16 CPUs on 16-CPU nodes are one per node and get all 16 cores each; on the
+    2-core laptop one actor of 1 CPU gets both cores."""
+    here = actors
+    if node:
+        here = min(here, max(1, int(node.get("CPU", cores) // cpus_per_actor)))
+        if gpus_per_actor:
+            here = min(here, max(1, int(node.get("GPU", 0) // gpus_per_actor)))
+    return max(1, cores // here)
+
+
 class PairScorer:
     """Ray Data callable: loads the model (+ adapter) and the prefix cache once per actor, then
     maps batches of prompt rows to ranked cluster positions (task "rank") or free text ("free").
@@ -248,6 +285,8 @@ class PairScorer:
         k: int,
         threads: int | None = None,
         actors: int = 1,
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
         max_new_tokens: int | None = None,
         loader=None,
         measure_ceiling: bool = True,
@@ -261,9 +300,11 @@ class PairScorer:
 
         for key, value in (env or {}).items():  # the driver's S3 settings; the worker's own win
             os.environ.setdefault(key, value)
-        # Sized here, on the actor's node (a cluster's driver runs on a smaller head node):
-        # infer.threads, else this node's cores shared by the pool's actors.
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // actors))
+        # Sized here, on the actor's node (a cluster's driver runs on a smaller head node).
+        torch.set_num_threads(
+            threads
+            or threads_for(actors, cpus_per_actor, gpus_per_actor, node_resources(), cpu_cores())
+        )
         self.threads = torch.get_num_threads()
         device = pick_device(use_gpu)
         model, tokenizer = (loader or load_model_and_tokenizer)(model_cfg, adapter, device)
@@ -370,6 +411,8 @@ def run_llm(
             "k": inf.top_k,
             "threads": inf.threads,
             "actors": inf.pool_size,
+            "cpus_per_actor": inf.cpus_per_actor,
+            "gpus_per_actor": inf.num_gpus,
             "max_new_tokens": inf.max_new_tokens,
             "env": storage_env(),
             "use_gpu": inf.num_gpus > 0,

@@ -138,3 +138,22 @@ def test_bad_table_writes_nothing(root):
         write_version(root, v, **_parts([(0, 1, 1, 1, 0.5, "llm")]))
     assert not storage.exists(storage.table_dir(root, v))
     assert storage.read_current(root) is None
+
+
+@pytest.mark.parametrize(
+    "actors, cpus, gpus, node, cores, threads",
+    [
+        (1, 1.0, 0.0, {"CPU": 2.0}, 2, 2),  # the laptop default: one actor, both cores
+        (2, 1.0, 0.0, {"CPU": 2.0}, 2, 1),  # two actors share the node
+        (8, 16.0, 0.0, {"CPU": 16.0}, 16, 16),  # 8 actors of 16 CPUs: one per 16-CPU node
+        (8, 4.0, 0.0, {"CPU": 16.0}, 16, 4),  # four of them fit on a node
+        (2, 1.0, 1.0, {"CPU": 8.0, "GPU": 1.0}, 8, 8),  # one GPU per node: one actor per node
+        (3, 1.0, 0.0, {}, 6, 2),  # outside Ray: the pool shares this machine
+    ],
+)
+def test_actor_threads_follow_the_actors_that_fit_on_its_node(
+    actors, cpus, gpus, node, cores, threads
+):
+    from jobs.infer import threads_for
+
+    assert threads_for(actors, cpus, gpus, node, cores) == threads
