@@ -258,7 +258,10 @@ class FinetuneConfig(Section):
     checkpoint_every_steps: int = Field(50, ge=1)
     seed: int = Field(0)
     threads: int | None = Field(
-        None, ge=1, description="Torch threads per worker (None: the machine's cores / workers)."
+        None,
+        ge=1,
+        description="Torch threads per worker on CPU (None: the worker's node's cores, shared by "
+        "the workers that fit on that node).",
     )
     norag_fraction: float = Field(
         0.25,

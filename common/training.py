@@ -554,6 +554,7 @@ def train_loop_per_worker(config: dict) -> dict:
     from safetensors.torch import load_file
 
     from common.model import as_model_dir, load_model, load_tokenizer, matmul_ceiling
+    from common.threads import cpu_cores, node_resources, threads_for
 
     session = (
         RaySession()
@@ -561,7 +562,9 @@ def train_loop_per_worker(config: dict) -> dict:
         else LocalSession(config["checkpoint_dir"], config.get("use_gpu", False))
     )
     rank, world, device = session.rank, session.world, session.device
-    threads = config.get("threads") or max(1, (os.cpu_count() or 1) // max(world, 1))
+    threads = config.get("threads") or threads_for(
+        world, config.get("cpus_per_worker", 1.0), 0.0, node_resources(), cpu_cores()
+    )
     if str(device) == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(config["seed"])

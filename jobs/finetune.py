@@ -65,6 +65,7 @@ def loop_config(cfg: Config, data: dict, rag: bool) -> dict:
         "checkpoint_every_steps": ft.checkpoint_every_steps,
         "seed": ft.seed,
         "threads": ft.threads,
+        "cpus_per_worker": ft.cpus_per_worker,
         "bf16": ft.bf16,
         "use_gpu": ft.use_gpu,
         "eval_batch_size": ft.eval_batch_size,

@@ -33,6 +33,7 @@ from common.model import ModelError
 from common.prompts import common_prefix
 from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
 from common.tables_io import read_table
+from common.threads import cpu_cores, node_resources, threads_for
 from common.transitions import list_days, read_transitions, top_pairs
 
 log = logging.getLogger(__name__)
@@ -229,43 +230,6 @@ def check_adapter_prompts(cfg: Config, adapter: str | None) -> None:
 
 
 # ---------------------------------------------------------------- the Ray Data callable
-def cpu_cores() -> int:
-    """Cores this process may run on (affinity and cgroup CPU sets respected)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def node_resources() -> dict:
-    """Ray's resources of the node this process runs on ({"CPU": 16.0, "GPU": 1.0, ...}); {}
-    outside Ray (a GPU box checking the batch function on its own)."""
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return {}
-        me = ray.get_runtime_context().get_node_id()
-        return next((n["Resources"] for n in ray.nodes() if n["NodeID"] == me), {})
-    except Exception:  # no Ray installed, or a GCS that does not answer: size from the cores
-        return {}
-
-
-def threads_for(
-    actors: int, cpus_per_actor: float, gpus_per_actor: float, node: dict, cores: int
-) -> int:
-    """Torch threads of one scoring actor: the node's cores shared by the pool's actors that can
-    sit on this node. At most `actors` (infer.pool_size), and no more than its CPUs and GPUs hold:
-    8 actors of 16 CPUs on 16-CPU nodes are one per node and get all 16 cores each; on the
-    2-core laptop one actor of 1 CPU gets both cores."""
-    here = actors
-    if node:
-        here = min(here, max(1, int(node.get("CPU", cores) // cpus_per_actor)))
-        if gpus_per_actor:
-            here = min(here, max(1, int(node.get("GPU", 0) // gpus_per_actor)))
-    return max(1, cores // here)
-
-
 class PairScorer:
     """Ray Data callable: loads the model (+ adapter) and the prefix cache once per actor, then
     maps batches of prompt rows to ranked cluster positions (task "rank") or free text ("free").

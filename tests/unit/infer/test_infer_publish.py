@@ -154,6 +154,6 @@ def test_bad_table_writes_nothing(root):
 def test_actor_threads_follow_the_actors_that_fit_on_its_node(
     actors, cpus, gpus, node, cores, threads
 ):
-    from jobs.infer import threads_for
+    from common.threads import threads_for
 
     assert threads_for(actors, cpus, gpus, node, cores) == threads
