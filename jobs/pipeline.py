@@ -27,6 +27,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -45,6 +46,7 @@ from common.storage import (
     read_json,
     remove,
     write_json,
+    write_text,
 )
 from common.storage import tick_lock as tick_lock_uri
 from jobs.infer import uses_adapter
@@ -263,6 +265,10 @@ def lock_holder_gone(holder: dict) -> bool:
 
 
 UNREADABLE_LOCK_S = 60  # a lock file still empty after this was cut short by a kill
+# A running tick rewrites its lock every HEARTBEAT_S; a lock not rewritten for STALE_LOCK_S
+# belongs to a tick that is gone, on whatever host (a head node replaced mid-tick): taken over.
+HEARTBEAT_S = 60
+STALE_LOCK_S = 15 * 60
 
 
 def lock_age_s(uri: str) -> float:
@@ -302,10 +308,13 @@ def take_lock(uri: str, me: dict) -> None:
             continue
         busy = InputError(
             f"another tick holds {uri} ({json.dumps(holder, sort_keys=True)}): ticks of one "
-            "root run one at a time; wait for it, or delete the file if that tick is gone"
+            "root run one at a time; wait for it (a running tick rewrites the lock every "
+            f"{HEARTBEAT_S} s, and one not rewritten for {STALE_LOCK_S // 60} min is taken over), "
+            "or delete the file if that tick is gone"
         )
-        cut_short = holder == {} and lock_age_s(uri) > UNREADABLE_LOCK_S
-        if not (cut_short or lock_holder_gone(holder)):
+        age = lock_age_s(uri)
+        cut_short = holder == {} and age > UNREADABLE_LOCK_S
+        if not (cut_short or age > STALE_LOCK_S or lock_holder_gone(holder)):
             raise busy
         stamp = re.sub(r"[^0-9A-Za-z]", "", str(holder.get("started_at")))
         marker = f"{uri}.taken-{holder.get('pid')}-{stamp}"
@@ -327,15 +336,31 @@ def tick_lock(root: str, day: dt.date):
     """One tick at a time per root: two overlapping ticks (a slow fine-tune past the next cron
     time, a manual tick beside the cron one) would count the same days twice and overwrite each
     other's state. `pipeline/tick.lock` is created atomically (also on S3) and removed at the
-    end; a lock left by a killed tick on this host is taken over, any other one is an error."""
+    end. The tick rewrites it every HEARTBEAT_S (a heartbeat thread); a lock left by a killed
+    tick on this host, or one nobody rewrote for STALE_LOCK_S, is taken over; any other is an
+    error."""
     uri = tick_lock_uri(root)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "as_of": day.isoformat(),
           "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
           "proc_start": process_start(os.getpid())}
     take_lock(uri, me)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                if read_lock(uri) == me:  # never rewrite a lock another tick took over
+                    write_text(uri, json.dumps(me, sort_keys=True))
+            except Exception as e:  # a storage hiccup: the next beat tries again
+                log.warning("tick lock heartbeat: %s", e)
+
+    beat = threading.Thread(target=heartbeat, name="tick-lock-heartbeat", daemon=True)
+    beat.start()
     try:
         yield
     finally:
+        stop.set()
+        beat.join()
         if read_lock(uri) == me:
             remove(uri)
 

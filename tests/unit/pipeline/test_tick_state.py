@@ -504,3 +504,40 @@ def test_a_refresh_for_a_day_before_the_served_table_builds_nothing(tmp_path, mo
     # On the served day (or after it) the refresh runs as before.
     step_refresh(load_config(None, [f"root={root}", "as_of=2026-03-05"]))
     assert ran == ["retrieve", "infer"]
+
+
+def test_a_running_tick_keeps_its_lock_fresh_and_a_stale_one_is_taken_over(
+    tmp_path, monkeypatch
+):
+    """A tick on another host cannot be checked from here, but a live tick rewrites its lock
+    every HEARTBEAT_S: one nobody rewrote for STALE_LOCK_S (its head node replaced mid-tick)
+    is taken over, whatever host it names. Here the clock runs 1000x faster."""
+    import json
+    import time
+
+    from common.storage import exists, tick_lock, write_text
+    from jobs import pipeline
+    from jobs.pipeline import lock_age_s
+
+    monkeypatch.setattr(pipeline, "HEARTBEAT_S", 0.06)
+    monkeypatch.setattr(pipeline, "STALE_LOCK_S", 0.9)
+    cfg = load_config(None, [f"root={tmp_path}"])
+    lock = tick_lock(cfg.root)
+    elsewhere = {"host": "elsewhere", "pid": 1, "as_of": str(day(0))}
+    write_text(lock, json.dumps(elsewhere))
+    with pytest.raises(InputError, match="elsewhere.*taken over"):
+        tick(cfg, day(1), FakeSteps())
+    time.sleep(1.0)  # no heartbeat from "elsewhere": stale
+    ages = []
+
+    class SlowSteps(FakeSteps):
+        def aggregate(self, cfg):
+            for _ in range(4):  # 1.2 s, longer than STALE_LOCK_S: only the heartbeat keeps it
+                time.sleep(0.3)
+                ages.append(lock_age_s(lock))
+            with pytest.raises(InputError, match="another tick holds"):
+                pipeline.take_lock(lock, {"host": "other", "pid": 2})  # a second tick now
+            return super().aggregate(cfg)
+
+    assert tick(cfg, day(1), SlowSteps())["status"] == "done"
+    assert max(ages) < pipeline.STALE_LOCK_S and not exists(lock)
