@@ -566,23 +566,49 @@ def _small(result: Any) -> Any:
 
 
 # ---- command line -------------------------------------------------------------------------------
+TICK_READS = "inputs.*, <root>/stats/, <root>/adapters/, <root>/pipeline/state.json"
+TICK_WRITES = (
+    "<root>/stats, adapters, retrieval, tables (+CURRENT), pipeline/state.json (and "
+    "pipeline/tick.lock while it runs: one tick per root at a time)"
+)
+REPLAY_READS = "<root>/stats/ (the counts), inputs.items and inputs.clusters"
+REPLAY_WRITES = (
+    "<root>/reports/<report>/ (metrics.json, timeline.json, plots) and the work root "
+    "(pipeline.work_root, default <root>/reports/<report>/work: tables and adapters it builds)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = job_parser(
         "python -m jobs.pipeline",
         "The hybrid cadence: `tick` runs what is due on a day; `replay` compares strategies "
-        "over logged history.",
-        reads="inputs.*, <root>/stats/, <root>/adapters/, <root>/pipeline/state.json",
-        writes="tick: <root>/stats, adapters, retrieval, tables (+CURRENT), pipeline/state.json "
-        "(and pipeline/tick.lock while it runs: one tick per root at a time); "
-        "replay: <root>/reports/<report>/ (metrics.json, plots, work/)",
+        "over logged history. `python -m jobs.pipeline tick --help` (or replay) for each.",
+        reads=f"tick: {TICK_READS}; replay: {REPLAY_READS}",
+        writes=f"tick: {TICK_WRITES}; replay: {REPLAY_WRITES}",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("tick", help="Run what is due for one day (idempotent).")
+    t = sub.add_parser(
+        "tick",
+        help="Run what is due for one day (idempotent).",
+        description="Run what is due on --as-of: aggregate the new days, then a fine-tune and "
+        "a refresh (snapshot, bulk inference, guards, publish) when the policy says so. A day "
+        "already done is a no-op; a failed step is retried by the next tick.",
+        epilog=f"Reads: {TICK_READS}\nWrites: {TICK_WRITES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument(
         "--as-of", required=True, type=dt.date.fromisoformat, metavar="DAY",
         help="the day the tables are built for (YYYY-MM-DD): counts the log's days before it",
     )
-    r = sub.add_parser("replay", help="Replay the cadence day by day for several strategies.")
+    r = sub.add_parser(
+        "replay",
+        help="Replay the cadence day by day for several strategies.",
+        description="Replay the cadence over logged history, day by day, for each strategy: "
+        "each sees only data before the day it serves. Writes hit rates, per-day timelines "
+        "and plots.",
+        epilog=f"Reads: {REPLAY_READS}\nWrites: {REPLAY_WRITES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument(
         "--start", type=dt.date.fromisoformat, metavar="DAY",
         help="first day served (default pipeline.start, else the last 14 days before --end, "
@@ -599,9 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Let --config/--set come after the subcommand too.
     for p in (t, r):
-        p.add_argument("--config", dest="sub_config", metavar="FILE")
+        p.add_argument("--config", dest="sub_config", metavar="FILE", help="YAML config file.")
         p.add_argument(
-            "--set", dest="sub_overrides", action="append", default=[], metavar="KEY=VALUE"
+            "--set", dest="sub_overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="Override one config key (repeatable), e.g. --set root=/tmp/run.",
         )
     return parser
 
@@ -612,6 +639,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.config = args.sub_config or args.config
     args.overrides = list(args.overrides) + list(args.sub_overrides)
     cfg = config_from_args(args)
+    if args.command == "tick" and cfg.as_of not in (None, args.as_of):
+        sys.exit(f"error: --as-of {args.as_of} and as_of={cfg.as_of} disagree: the tick builds "
+                 "for --as-of; drop the as_of key")
     try:
         if args.command == "tick":
             summary = tick(cfg, args.as_of)

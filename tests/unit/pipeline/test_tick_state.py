@@ -6,6 +6,7 @@ tests/integration/pipeline/test_pipeline_tick.py."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pyarrow as pa
 import pytest
@@ -541,3 +542,17 @@ def test_a_running_tick_keeps_its_lock_fresh_and_a_stale_one_is_taken_over(
 
     assert tick(cfg, day(1), SlowSteps())["status"] == "done"
     assert max(ages) < pipeline.STALE_LOCK_S and not exists(lock)
+
+
+def test_the_tick_command_refuses_two_different_days(tmp_path, capsys):
+    """`tick --as-of D --set as_of=E` used to build for D without a word about E."""
+    from jobs.pipeline import main
+
+    argv = ["tick", "--as-of", "2026-03-01", "--set", f"root={tmp_path}"]
+    with pytest.raises(SystemExit, match=r"--as-of 2026-03-01 and as_of=2026-03-02 disagree"):
+        main([*argv, "--set", "as_of=2026-03-02"])
+    assert not os.path.exists(f"{tmp_path}/pipeline")  # nothing ran
+    with pytest.raises(SystemExit) as help_exit:
+        main(["tick", "--help"])
+    assert help_exit.value.code == 0
+    assert "Reads: inputs.*" in capsys.readouterr().out
