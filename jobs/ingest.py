@@ -197,7 +197,13 @@ def run(cfg: Config) -> dict:
     if any(dropped.values()):
         log.warning("ingest dropped rows from %s: %s", source, dropped)
     if ic.min_rating is not None:
-        ratings = ratings[ratings["rating"] >= ic.min_rating]
+        kept = ratings[ratings["rating"] >= ic.min_rating]
+        if kept.empty and not ratings.empty:  # checked before anything is replaced
+            raise InputError(
+                f"ingest.min_rating={ic.min_rating} keeps none of the {len(ratings)} ratings "
+                f"of {source} (they range {ratings['rating'].min()}..{ratings['rating'].max()})"
+            )
+        ratings = kept
     items, clusters = assign_clusters(movies, ic.min_cluster_items,
                                       ratings["item_id"].value_counts())
     interactions = pa.table({

@@ -248,3 +248,12 @@ def test_the_log_records_what_it_was_made_from(tmp_path, name):
     made = written_source(sim.inputs.interactions)
     simulate.run(load_config(None, [f"root={tmp_path}/sim", *TINY_SIM, "simulate.seed=1"]))
     assert made and written_source(sim.inputs.interactions) not in (made, None)
+
+
+def test_a_min_rating_that_keeps_nothing_is_an_error_and_replaces_nothing(tmp_path):
+    ingest.run(ingest_cfg(tmp_path))
+    cfg = ingest_cfg(tmp_path, "ingest.min_rating=100")
+    before = read_table(cfg.inputs.interactions)
+    with pytest.raises(InputError, match=r"min_rating=100\.0 keeps none of the 4 ratings"):
+        ingest.run(cfg)
+    assert read_table(cfg.inputs.interactions).equals(before)
