@@ -80,6 +80,14 @@ def run(cfg: Config) -> dict:
         raise InputError(f"no transition counts under {cfg.root}: run jobs.aggregate first")
     if not days:
         log.warning("no counts in [%s, %s): writing an empty snapshot", start, day)
+    # Days of the window after the last counted one: counts not aggregated yet, not zero ones.
+    uncounted = max(0, (day - all_days[-1]).days - 1)
+    if days and uncounted:
+        log.warning(
+            "the window [%s, %s) runs %d day(s) past the last counted day %s: the snapshot "
+            "holds %d of its %d days (run jobs.aggregate first for fresh counts)",
+            start, day, uncounted, all_days[-1], len(days), r.window_days,
+        )
     paths, size, fs = window_files(cfg.root, days)
     engine = r.engine if r.engine != "auto" else ("ray" if size >= r.ray_min_bytes else "arrow")
     if engine == "ray" and paths:
@@ -104,6 +112,7 @@ def run(cfg: Config) -> dict:
         "top_n": r.top_n,
         "engine": engine,
         "days_read": len(days),
+        "days_past_counts": uncounted,
         "bytes_read": size,
         "triples": counts.num_rows,
         "pairs": pairs,

@@ -286,3 +286,20 @@ def test_sort_order_packed_and_fallback_agree_with_lexsort():
         want = np.lexsort(tuple(reversed(cols)))
         got = _sort_order(cols)
         assert [tuple(c[i] for c in cols) for i in got] == [tuple(c[i] for c in cols) for i in want]
+
+
+def test_a_window_past_the_last_counted_day_says_so(tmp_path, caplog):
+    """as_of three days after the last counts: those days are not aggregated yet (not days
+    without events), so the snapshot is partial and the job says by how much."""
+    from common.config import load_config
+    from jobs import retrieve
+
+    write_counts(str(tmp_path), [(day(-2), 1, 2, 3, 4), (day(-1), 1, 2, 5, 1)])
+    cfg = load_config(None, [f"root={tmp_path}", "retrieval.window_days=4"])
+    assert retrieve.run(cfg)["days_past_counts"] == 0 and "past the last" not in caplog.text
+    late = load_config(None, [f"root={tmp_path}", "retrieval.window_days=4",
+                              f"as_of={D + dt.timedelta(days=3)}"])
+    with caplog.at_level("WARNING", logger="jobs.retrieve"):
+        out = retrieve.run(late)
+    assert out["days_past_counts"] == 3 and out["days_read"] == 1
+    assert "runs 3 day(s) past the last counted day" in caplog.text
