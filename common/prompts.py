@@ -75,12 +75,11 @@ def describe(catalog: Catalog, cluster_id: int) -> str:
 
 
 def user_text(catalog: Catalog, c1: int, c2: int, rag: list[int] | None) -> str:
-    """The pair-specific user turn; `rag` names the retrieved successors in rank order, less
-    any the catalog no longer holds (the counts outlive a cluster dropped from it)."""
+    """The pair-specific user turn; `rag` names the retrieved successors in rank order (catalog
+    clusters only: common.retrieval.retrieved_lists drops the ones the catalog no longer holds)."""
     lines = [f"Previous: {describe(catalog, c1)}", f"Current: {describe(catalog, c2)}"]
-    known = [c for c in rag or [] if c in catalog]
-    if known:
-        names = RAG_SEPARATOR.join(name_text(catalog, c) for c in known)
+    if rag:
+        names = RAG_SEPARATOR.join(name_text(catalog, c) for c in rag)
         lines.append(f"Recent next: {names}")
     return "\n".join(lines)
 

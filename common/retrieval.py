@@ -37,6 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common import storage
+from common.catalog import Catalog
+from common.lookup import known_mask
 from common.tables_io import write_parquet
 
 DAY = dt.timedelta(days=1)
@@ -281,17 +283,19 @@ def read_snapshot(root: str, day: dt.date, window_days: int) -> dict[str, pa.Tab
     return out
 
 
-def retrieved_lists(snapshot: dict, variant: str, top: int, known=None) -> dict[tuple, list[int]]:
+def retrieved_lists(
+    snapshot: dict, variant: str, top: int, catalog: Catalog | None = None
+) -> dict[tuple, list[int]]:
     """{(c1, c2): [c3, ...] (rank order, at most `top`)} of a snapshot's variant; `global` is
     keyed by c2 alone and answers every c1 (returned under (None, c2), with one successor more:
-    it may hold c1, which rag_for drops). `known`: the cluster ids a prompt can name (the
-    catalog's); successors outside it are dropped before the cut, so a cluster since removed
-    from the catalog gives its place to the next one. What a RAG prompt names, for the
+    it may hold c1, which rag_for drops). Successors outside `catalog` (what a prompt can name)
+    are dropped before the cut, so a cluster since removed from the catalog gives its place to
+    the next one. What a RAG prompt names, for the
     fine-tune's examples and for bulk inference alike (see rag_for)."""
     t = snapshot[variant]
     keyed = ("c1", "c2") if "c1" in t.column_names else ("c2",)
-    if known is not None:
-        t = t.filter(pc.is_in(t["c3"], pa.array(sorted(known), t["c3"].type)))
+    if catalog is not None:
+        t = t.filter(known_mask(t["c3"], catalog))
     t = t.sort_by([(k, "ascending") for k in keyed] + [("rank", "ascending")])
     keep = top + (len(keyed) == 1)
     out: dict[tuple, list[int]] = {}

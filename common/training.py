@@ -201,9 +201,7 @@ def build_data(spec: DataSpec, transitions: pa.Table, catalog, tokenizer) -> dic
         if not plain[i]:
             if day not in lists_by_day:
                 snap = snapshot_as_of(transitions, day, spec.rag_window_days, spec.rag_top_n)
-                lists_by_day[day] = retrieved_lists(
-                    snap, spec.rag_variant, spec.rag_top, catalog.ids
-                )
+                lists_by_day[day] = retrieved_lists(snap, spec.rag_variant, spec.rag_top, catalog)
             rag = rag_for(lists_by_day[day], c1, c2, spec.rag_top)
         texts.append(prompts.render_prompt(tokenizer, catalog, c1, c2, rag))
         answers.append(prompts.answer_ids(tokenizer, catalog, c3))
@@ -267,7 +265,7 @@ def build_eval(spec, held: pa.Table, transitions, hold: dt.date, catalog, tokeni
         if (a, b) in wanted:
             targets.setdefault((a, b), {})[c] = n
     snap = snapshot_as_of(transitions, hold, spec.rag_window_days, spec.rag_top_n)
-    lists = retrieved_lists(snap, spec.rag_variant, spec.rag_top, catalog.ids) if spec.rag else {}
+    lists = retrieved_lists(snap, spec.rag_variant, spec.rag_top, catalog) if spec.rag else {}
     freq = rows_by_key(snap["frequency"], ["c1", "c2"])
     window = transitions.filter(
         pc.and_(

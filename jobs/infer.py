@@ -339,9 +339,7 @@ def prompt_texts(
 
     lists = None
     if snapshot is not None:
-        lists = retrieved_lists(
-            snapshot, cfg.prompt.rag_variant, cfg.prompt.rag_top, catalog.ids
-        )
+        lists = retrieved_lists(snapshot, cfg.prompt.rag_variant, cfg.prompt.rag_top, catalog)
     top = cfg.prompt.rag_top
     return [
         prompts.render_prompt(
@@ -448,9 +446,9 @@ def rows_to_answers(rows: list[dict], catalog: Catalog) -> Answers:
 def free_to_answers(rows: list[dict], catalog: Catalog) -> tuple[Answers, int]:
     """Free-generation rows -> ({pair: [(matched c3, 1.0)]}, how many named a real cluster).
     Names match in the one-line, trimmed form prompts and answers use (prompts.name_text)."""
-    from common.prompts import clean
+    from common.prompts import clean, name_text
 
-    index = {clean(n): c for c, n in zip(catalog.ids, catalog.names, strict=True)}
+    index = {name_text(catalog, c): c for c in catalog.ids}
     out: Answers = {}
     valid = 0
     for r in rows:
