@@ -9,6 +9,7 @@ docs/contracts.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -91,21 +92,34 @@ def read_text(uri: str) -> str:
         return f.read()
 
 
+@contextlib.contextmanager
+def local_swap(path: str):
+    """A hidden temporary path beside the local file `path`, renamed over it when the block
+    ends (removed if the block fails): a reader finds the old file or the new one, never a
+    part. Readers skip names starting with '.'. (An S3 PUT is atomic by itself.)"""
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_text(uri: str, text: str) -> None:
-    """Write a small text file; local writes go through a temporary file and a rename."""
+    """Write a small text file; local writes go through `local_swap`."""
     fs, path = fsspec_for(uri)
     if is_s3(uri):
         # An S3 PUT is atomic: readers see the old object or the new one, never a part.
         with fs.open(path, "w") as f:
             f.write(text)
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "w") as f:
+    with local_swap(path) as tmp, open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def create_new(uri: str, text: str) -> bool:

@@ -5,15 +5,13 @@ Small means driver-sized: catalogs, snapshots, published tables. Large logs go t
 
 from __future__ import annotations
 
-import uuid
-
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from common.cli import InputError
-from common.storage import arrow_fs_for, fsspec_for, is_s3
+from common.storage import arrow_fs_for, fsspec_for, is_s3, local_swap
 
 
 def _format_of(path: str) -> str:
@@ -50,21 +48,15 @@ def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 def write_parquet(table: pa.Table, uri: str) -> None:
     """Write one Parquet file; parent folders are made as needed (local). A reader finds the old
-    file or the new one, never a part: an S3 PUT is atomic, and a local file is written under a
-    hidden name (readers skip names starting with '.') and renamed over the target."""
+    file or the new one, never a part: an S3 PUT is atomic, and a local file goes through
+    `storage.local_swap`."""
     fs, path = arrow_fs_for(uri)
-    parent, name = path.rsplit("/", 1)
-    fs.create_dir(parent, recursive=True)
     if is_s3(uri):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(table, path, filesystem=fs)
         return
-    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
+    with local_swap(path) as tmp:
         pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, path)  # a rename: replaces the target in one step
-    finally:
-        if fs.get_file_info(tmp).type != pa.fs.FileType.NotFound:
-            fs.delete_file(tmp)
 
 
 def read_csv_file(uri: str) -> pa.Table:
