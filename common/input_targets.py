@@ -3,8 +3,7 @@
 The `inputs.*` keys may name production data (`s3://logs/...`), and jobs.simulate and
 jobs.ingest replace their targets, so they only ever delete or overwrite what they wrote: a
 folder holding MARKER, or a file with its sidecar recording the file's size and content hash.
-Readers
-skip names starting with `_`, so the markers never reach the data.
+Readers skip names starting with `_`, so the markers never reach the data.
 """
 
 from __future__ import annotations
@@ -134,11 +133,14 @@ def mark_written(
         write_json(sidecar(uri), {**note, "content": None if pending else content_stamp(uri)})
 
 
-def write_input_file(table: pa.Table, uri: str, job: str) -> None:
-    """Write an items or clusters file and its sidecar."""
-    mark_written(uri, job, folder=False, pending=True)
-    write_parquet(table, uri)
-    mark_written(uri, job, folder=False)
+def write_input_file(
+    table: pa.Table, uri: str, job: str, source: str | None = None, write=write_parquet
+) -> None:
+    """Write an input file (items, clusters, or a one-file log) with `write(table, uri)`, between
+    a pending sidecar (a crash leaves it replaceable) and the final one."""
+    mark_written(uri, job, folder=False, pending=True, source=source)
+    write(table, uri)
+    mark_written(uri, job, folder=False, source=source)
 
 
 def claim_inputs(cfg, job: str) -> None:

@@ -59,6 +59,14 @@ def write_parquet(table: pa.Table, uri: str) -> None:
         pq.write_table(table, tmp, filesystem=fs)
 
 
+def write_csv(table: pa.Table, uri: str) -> None:
+    """Write one CSV file, gzipped for a `.gz` name; parent folders are made as needed."""
+    fs, path = arrow_fs_for(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:  # the compression is detected from the name
+        pacsv.write_csv(table, f)
+
+
 def read_csv_file(uri: str) -> pa.Table:
     fs, path = fsspec_for(uri)
     with fs.open(path, "rb") as f:

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from common import schemas
 from common.cli import InputError, job_parser, keys_help, run_main
@@ -39,8 +38,8 @@ from common.input_targets import (
     table_digest,
     write_input_file,
 )
-from common.storage import arrow_fs_for, fsspec_for, join
-from common.tables_io import write_parquet
+from common.storage import fsspec_for, join
+from common.tables_io import write_csv, write_parquet
 
 log = logging.getLogger(__name__)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
@@ -124,15 +123,8 @@ def write_interactions(table: pa.Table, uri: str, job: str, source: str | None =
         out = join(uri, "part-0.parquet")
         write_parquet(table, out)
         return out
-    mark_written(uri, job, folder=False, pending=True, source=source)  # a crash: replaceable
-    if uri.endswith(".parquet"):
-        write_parquet(table, uri)
-    else:
-        fs, path = arrow_fs_for(uri)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as f:  # gzip for .csv.gz: the name is detected
-            pacsv.write_csv(table, f)
-    mark_written(uri, job, folder=False, source=source)
+    write = write_parquet if uri.endswith(".parquet") else write_csv
+    write_input_file(table, uri, job, source, write)
     return uri
 
 
