@@ -27,16 +27,21 @@ def job_parser(prog: str, description: str, reads: str, writes: str) -> argparse
         "python -m common.config (the same --config/--set apply).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML config file.")
+    add_config_args(parser)
+    return parser
+
+
+def add_config_args(parser, config_dest: str = "config", set_dest: str = "overrides") -> None:
+    """--config FILE and repeatable --set KEY=VALUE (also on a subcommand, to other dests)."""
+    parser.add_argument("--config", dest=config_dest, metavar="FILE", help="YAML config file.")
     parser.add_argument(
         "--set",
-        dest="overrides",
+        dest=set_dest,
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="Override one config key (repeatable), e.g. --set root=/tmp/run.",
     )
-    return parser
 
 
 def setup_logging() -> None:

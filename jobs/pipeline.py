@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 
 from common import publish
-from common.cli import InputError, config_from_args, job_parser, setup_logging
+from common.cli import InputError, add_config_args, config_from_args, job_parser, setup_logging
 from common.config import Config, ConfigError, PipelineConfig
 from common.storage import (
     create_new,
@@ -388,8 +388,8 @@ def step_refresh(cfg: Config) -> dict:
     """Retrieval snapshot for the day, then bulk inference, guards and publish (jobs.infer)."""
     from jobs import infer, retrieve
 
-    before = read_current(cfg.root)
     served = publish.served_as_of(cfg.root)
+    before = served[0] if served else None
     if served and served[1] > cfg.as_of:  # jobs.infer would build the table, then not publish
         raise GuardFailed(
             f"not published: as_of {cfg.as_of} is before the served table's ({served[0]}, "
@@ -406,8 +406,8 @@ def step_refresh(cfg: Config) -> dict:
 
 
 class GuardFailed(RuntimeError):
-    """Inference ran but the table was not published (a guard, or a later table served);
-    CURRENT did not move."""
+    """The refresh did not publish: a guard refused the table, or a later table is served (then
+    nothing is built); CURRENT did not move."""
 
 
 STEPS = {"aggregate": step_aggregate, "finetune": step_finetune, "refresh": step_refresh}
@@ -625,11 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Let --config/--set come after the subcommand too.
     for p in (t, r):
-        p.add_argument("--config", dest="sub_config", metavar="FILE", help="YAML config file.")
-        p.add_argument(
-            "--set", dest="sub_overrides", action="append", default=[], metavar="KEY=VALUE",
-            help="Override one config key (repeatable), e.g. --set root=/tmp/run.",
-        )
+        add_config_args(p, "sub_config", "sub_overrides")
     return parser
 
 
