@@ -26,7 +26,7 @@ def synthetic_examples(tokenizer, n: int, seed: int = 0) -> tuple[list, str]:
     """Prompts for random pairs of a 32-cluster taxonomy catalog, with one RAG successor."""
     from common import prompts, taxonomy
     from common.catalog import Catalog
-    from common.training import common_prefix
+    from common.prompts import common_prefix
 
     clusters = taxonomy.all_clusters()[::4][:32]
     catalog = Catalog(

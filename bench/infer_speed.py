@@ -70,7 +70,7 @@ def bench_prompts(tok, n_clusters: int, n_pairs: int = 0, descriptions: bool = T
     `n_pairs`; 0: all), rendered as the job renders them and split at their shared prefix:
     (catalog, pairs, texts, prefix, suffixes, exclude), exclude = each pair's catalog positions."""
     from common import prompts
-    from jobs.infer import common_prefix
+    from common.prompts import common_prefix
 
     catalog = bench_catalog(n_clusters, descriptions)
     rag = rag_of(catalog)

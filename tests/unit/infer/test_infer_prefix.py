@@ -9,8 +9,8 @@ import torch
 
 from common import prompts
 from common.catalog import Catalog
+from common.prompts import common_prefix
 from common.scoring import PrefixScorer
-from jobs.infer import common_prefix
 
 NAMES = ["jazz", "rock", "books", "red", "red wine"]
 CATALOG = Catalog((1, 2, 3, 4, 5), tuple(NAMES), ("",) * 5)
