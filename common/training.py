@@ -17,6 +17,7 @@ resume), so a GPU box without Ray can run it. Nothing here imports Ray unless as
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -416,6 +417,11 @@ class LocalSession:
         done = sorted(n for n in os.listdir(self.dir) if n.startswith("step-") and "." not in n)
         return os.path.join(self.dir, done[-1]) if done else None
 
+    @contextlib.contextmanager
+    def restored(self):
+        """The newest finished checkpoint, read in place (None before the first)."""
+        yield self.latest()
+
     def prepare(self, module):
         return module.to(self.device)
 
@@ -442,16 +448,20 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = str(ray.train.torch.get_device())
-        self._restored = None
 
-    def latest(self) -> str | None:
+    @contextlib.contextmanager
+    def restored(self):
+        """The checkpoint Ray Train restores (None on a fresh run). `as_directory` reads a local
+        one in place and deletes its download of a remote one (S3) afterwards: every resume of
+        every worker would otherwise leave a copy in the node's temp folder."""
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
-            return None
-        self._restored = tempfile.mkdtemp(prefix="ft-restore-")
-        return ckpt.to_directory(self._restored)
+            yield None
+            return
+        with ckpt.as_directory() as path:
+            yield path
 
     def prepare(self, module):
         import ray.train.torch
@@ -600,20 +610,20 @@ def train_loop_per_worker(config: dict) -> dict:
     opt = torch.optim.AdamW(params, lr=config["learning_rate"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     start = 0
-    restored = session.latest()
-    if restored:
-        set_peft_model_state_dict(
-            peft, load_file(os.path.join(restored, "adapter", "adapter_model.safetensors"))
-        )
-        # Tensors and numbers only (no pickled code from a store); optimizer.load_state_dict
-        # moves the moments to the parameters' device.
-        state = torch.load(
-            os.path.join(restored, "state.pt"), map_location="cpu", weights_only=True
-        )
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["step"])
-        log.info("rank %d resumes from the checkpoint of step %d", rank, start)
+    with session.restored() as restored:
+        if restored:
+            set_peft_model_state_dict(
+                peft, load_file(os.path.join(restored, "adapter", "adapter_model.safetensors"))
+            )
+            # Tensors and numbers only (no pickled code from a store); optimizer.load_state_dict
+            # moves the moments to the parameters' device.
+            state = torch.load(
+                os.path.join(restored, "state.pt"), map_location="cpu", weights_only=True
+            )
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start = int(state["step"])
+            log.info("rank %d resumes from the checkpoint of step %d", rank, start)
     if rank == 0 and config["eval"]["suffixes"] and start < total:
         # The scorer checks at load that it scores this model as the model itself does (a
         # ModelError otherwise): fail before training, not after the last step.

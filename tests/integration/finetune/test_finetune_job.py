@@ -4,8 +4,10 @@ workers on CPU where one worker fails once mid-run and the run resumes from its 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import os
+import tempfile
 import time
 
 import pyarrow as pa
@@ -151,8 +153,16 @@ def test_two_ray_workers_resume_after_a_worker_failure(
         return {**seen, "fail_at_step": 3, "fail_marker": marker}
 
     monkeypatch.setattr(finetune, "loop_config", with_failure)
+    before = set(os.listdir(tempfile.gettempdir()))
     summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 2)))
     assert os.path.exists(marker)  # the failure happened
+    # Each worker read the checkpoint it resumed from and left no copy of it behind: a copy per
+    # worker per resume used to pile up in the node's temp folder.
+    left = [
+        name for name in set(os.listdir(tempfile.gettempdir())) - before
+        if glob.glob(os.path.join(tempfile.gettempdir(), name, "**", "state.pt"), recursive=True)
+    ]
+    assert left == []
     metrics = summary["metrics"]
     assert metrics["world"] == 2 and metrics["total_steps"] == 4  # 64 examples / (8 x 2)
     assert metrics["device"] == "cpu"
