@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -150,9 +151,12 @@ def run_job(catalog: Catalog, sets: list[str]) -> dict:
     ]
     for s in sets:
         cmd += ["--set", s]
-    t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - t
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # a synthetic root: nothing in it is kept
     # Exit 1 after the summary line is "ran, not published" (a failed guard: the base model's
     # free answers to synthetic names); the timing stands and the summary says why.
     lines = done.stdout.strip().splitlines()

@@ -26,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -313,6 +314,7 @@ def main() -> None:
     ray.shutdown()
     bare.terminate()
     bare.join()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
