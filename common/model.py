@@ -13,6 +13,7 @@ PyTorch emulates bf16 matmuls, hundreds of times slower than fp32, so fp32 is th
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -319,26 +320,30 @@ def load_model(model_dir: Any, dtype: Any = None, adapter: str | None = None, de
     if adapter:
         from peft import PeftModel
 
-        local = localize_dir(adapter)
-        if not os.path.exists(os.path.join(local, "adapter_config.json")):
-            raise ModelError(f"adapter {adapter!r} has no adapter_config.json")
-        model = PeftModel.from_pretrained(model, local)
+        with local_dir(adapter) as local:
+            if not os.path.exists(os.path.join(local, "adapter_config.json")):
+                raise ModelError(f"adapter {adapter!r} has no adapter_config.json")
+            model = PeftModel.from_pretrained(model, local)  # reads the weights into memory
     return model.to(device).eval()
 
 
-def localize_dir(uri: str) -> str:
-    """A local path for a directory that may live on S3 (copied once per process)."""
+@contextlib.contextmanager
+def local_dir(uri: str):
+    """A local path for a directory that may live on S3: a local one is read in place, an S3 one
+    is downloaded into a temporary folder that is removed on exit (every inference actor of
+    every refresh loads the adapter: copies kept would fill the node's disk)."""
     if not storage.is_s3(uri):
         path = os.path.expanduser(uri)
         if not os.path.isdir(path):
             raise ModelError(f"directory {uri!r} does not exist")
-        return path
+        yield path
+        return
     fs, path = storage.fsspec_for(uri)
     if not fs.exists(path):
         raise ModelError(f"directory {uri!r} does not exist")
-    local = os.path.join(tempfile.gettempdir(), "next-interest-fetch", uuid.uuid4().hex)
-    fs.get(path.rstrip("/") + "/", local + "/", recursive=True)
-    return local
+    with tempfile.TemporaryDirectory(prefix="next-interest-fetch-") as local:
+        fs.get(path.rstrip("/") + "/", local + "/", recursive=True)
+        yield local
 
 
 # ------------------------------------------------------------------------------------- adapters

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import os
+import tempfile
 from collections import Counter
 
 import pyarrow as pa
@@ -270,6 +272,16 @@ def test_broken_adapter_fails_guard_and_current_stays(
     assert storage.read_json(report)["reason"] == result["reason"]
 
 
+def adapter_copies() -> set[str]:
+    """Adapter folders in the temp folder, up to two levels down."""
+    tmp = tempfile.gettempdir()
+    return {
+        os.path.dirname(p)
+        for pattern in ("*/adapter_config.json", "*/*/adapter_config.json")
+        for p in glob.glob(os.path.join(tmp, pattern))
+    }
+
+
 @pytest.mark.ray
 @pytest.mark.s3
 def test_root_on_s3_stored_snapshot_and_adapter(ray_session, s3_bucket, tiny_model_dir, tmp_path):
@@ -299,9 +311,13 @@ def test_root_on_s3_stored_snapshot_and_adapter(ray_session, s3_bucket, tiny_mod
         "guards.enforce=false",
         "infer.llm_weight=1",  # the model's answers alone: comparable with the reference
     )
+    before = adapter_copies()
     hybrid = infer.run(hybrid_cfg)
     assert hybrid["published"] and storage.read_current(root) == hybrid["version"]
     assert hybrid["adapter"] == f"{root}/adapters/a1"
+    # The actors downloaded the adapter to load it and kept no copy (one per actor per refresh
+    # used to stay in the node's temp folder).
+    assert adapter_copies() - before == set()
     m = manifest(root, hybrid["version"])
     assert m["adapter"] == f"{root}/adapters/a1" and m["guards"]["override"] is True
     table = published_table(root, hybrid["version"])
