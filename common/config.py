@@ -256,6 +256,13 @@ class FinetuneConfig(Section):
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast.")
     max_failures: int = Field(2, ge=0, description="Worker failures survived by resuming.")
     checkpoint_every_steps: int = Field(50, ge=1)
+    keep_checkpoints: bool = Field(
+        False,
+        description="Keep the run's checkpoints under root once its adapter is published (a "
+        "re-run of the same run then only re-scores); off, they are removed then: they are "
+        "only for resuming, and hold the optimizer state (~110 MB per fine-tune of the default "
+        "model).",
+    )
     seed: int = Field(0)
     threads: int | None = Field(
         None,
@@ -283,7 +290,7 @@ class FinetuneConfig(Section):
     # checkpoint cadence or other resources finds its checkpoints, and a replay its adapters.
     RUNTIME_ONLY: ClassVar[frozenset[str]] = frozenset(
         {"threads", "checkpoint_every_steps", "max_failures", "cpus_per_worker",
-         "gpus_per_worker", "eval_batch_size"}
+         "gpus_per_worker", "eval_batch_size", "keep_checkpoints"}
     )
 
     def learning_settings(self) -> dict:

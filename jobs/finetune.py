@@ -216,6 +216,9 @@ def run(cfg: Config) -> dict:
         adapter = publish_adapter(adapter_local, cfg.root, version, meta)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if not ft.keep_checkpoints:
+        # Published: the checkpoints were only for resuming this run.
+        storage.remove(storage.join(storage.checkpoints_dir(cfg.root), name))
     summary = {
         "as_of": str(day),
         "version": version,
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt.*, retrieval.window_days (RAG successors of each example), infer.llm_weight "
         "(the held-out blend line)",
         writes="checkpoints/<run>/ (Ray Train; a re-run resumes it, also with other threads or "
-        "resources), adapters/<version>/ (PEFT adapter + meta.json), adapters/LATEST, "
+        "resources; removed once the adapter is published unless finetune.keep_checkpoints), "
+        "adapters/<version>/ (PEFT adapter + meta.json), adapters/LATEST, "
         "reports/<report>/finetune-<day>.json",
     )
     return run_main(parser, run, argv)

@@ -105,7 +105,8 @@ def test_finetune_in_driver_publishes_adapter(root, tiny_model_dir):
     from jobs import finetune
 
     write_root(root)
-    summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 0)))
+    keep = ["finetune.keep_checkpoints=true"]
+    summary = finetune.run(load_config(None, overrides(root, tiny_model_dir, 0) + keep))
     assert summary["examples"] == 64 and summary["start_step"] == 0
     assert summary["frequency_acc@1"] == 1.0  # the rule is the window's top successor
     # RAG prompts and infer.llm_weight 0.3 (defaults): the held-out line also scores the table a
@@ -127,6 +128,11 @@ def test_finetune_in_driver_publishes_adapter(root, tiny_model_dir):
     again = finetune.run(load_config(None, rerun))
     assert again["run_name"] == summary["run_name"]
     assert again["start_step"] == again["metrics"]["total_steps"] == 8
+    # Without keep_checkpoints (the default, as in this re-run) the run's checkpoints go once
+    # its adapter is published; the adapter stays.
+    assert not os.path.exists(f"{root}/checkpoints/{summary['run_name']}")
+    assert os.listdir(f"{root}/checkpoints") == []
+    check_adapter(again, tiny_model_dir)
     day, data = START + dt.timedelta(days=DAYS), {"train": [[1, 2, 3]]}
     wider = load_config(None, rerun + ["finetune.lora_r=8"])
     assert finetune.run_name(wider, day, data) != finetune.run_name(
