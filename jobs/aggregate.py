@@ -18,7 +18,8 @@ incremental run (what jobs.pipeline does every tick). Both give the same counts
 Incremental: each shard also writes its users' last two clusters (after collapsing) under
 `<root>/stats/state/`. A later run reads only events of days after the last processed day,
 prepends each user's state as two pseudo-events that sort first, and so produces exactly the
-counts a full run would, without touching old days.
+counts a full run would, without touching old days. Each run writes a new state version; once
+meta.json names it, every other version goes, also one that a failed or killed run left behind.
 
 Bounded by `as_of` (what `jobs.pipeline tick --as-of D` sets): only days before D are counted.
 Events of D or later (today's partial day at a 02:30 tick, a client clock stamped 2030) are held:
@@ -208,9 +209,21 @@ def remove_stale(root: str, version: str, transition_days: set, item_days: set) 
         for name in storage.list_dirs(folder):
             if name not in keep:
                 storage.remove(storage.join(folder, name))
+    remove_other_states(root, version)
+
+
+def remove_other_states(root: str, version: str) -> None:
+    """After meta.json names `version`: every other `v-*` state version.
+
+    Not just the previous one: a run that failed or was killed after writing shards and before
+    moving meta.json (or right after, before removing the old version) left a version that
+    nothing reads; the next run that succeeds sweeps it. The version meta.json names now is
+    kept even if it is not ours.
+    """
     state = storage.aggregate_state_dir(root)
+    keep = {version, (_read_meta(root) or {}).get("version")}
     for name in storage.list_dirs(state):
-        if name != version:
+        if name.startswith("v-") and name not in keep:
             storage.remove(storage.join(state, name))
 
 
@@ -274,13 +287,12 @@ def run(cfg: Config) -> dict:
     if written is not None:
         last_day = EPOCH + dt.timedelta(days=counts["max_day"])
         # The pointer moves only after every day and every state shard is written.
-        old = meta["version"] if meta else None
         storage.write_json(storage.join(storage.aggregate_state_dir(root), "meta.json"),
                            {"last_day": last_day.isoformat(), "version": version,
                             "user_type": "string" if string_users else "int",
                             "inputs_source": source})
-        if old:
-            storage.remove(storage.join(storage.aggregate_state_dir(root), old))
+        if meta:
+            remove_other_states(root, version)
         else:
             remove_stale(root, version, set(written["day"].to_pylist()), item_days)
         today = dt.datetime.now(dt.UTC).date()

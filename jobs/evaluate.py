@@ -4,8 +4,8 @@ Each held-out transition (c1, c2) -> c3 of the scored days counts `count` times 
 c3 is among the first k answers the server would give for (c1, c2): `common.lookup.Lookup`, with
 its backoff, the same class Serve answers with. Writes `<root>/reports/<report>/metrics.json`
 with one object per version: hit_rate@k, valid_rate, coverage, n_events, compute_seconds
-(plus strategy, as_of, eval_seconds), and beside it timeline.json and hit_rate_over_time.png
-(per-day hit rates).
+(the manifest's own, null when it has none), strategy, as_of, eval_seconds and
+leaks_scored_days; and beside it timeline.json and hit_rate_over_time.png (per-day hit rates).
 """
 
 from __future__ import annotations
@@ -110,9 +110,11 @@ def evaluate_version(root: str, version: str, transitions: pa.Table, ks: list[in
     metrics = rates(hit_counts(lookup, transitions, ks), ks)
     manifest = manifest_of(root, version)
     valid = valid_rate_of(manifest)
-    build = find_key(manifest, "compute_seconds")
+    # The manifest's own top-level key only (a nested one would be some other cost), and null
+    # when it has none: 0.0 would read as a table that cost nothing to build.
+    build = manifest.get("compute_seconds")
     metrics["valid_rate"] = valid if valid is not None else 1.0
-    metrics["compute_seconds"] = float(build) if build is not None else 0.0
+    metrics["compute_seconds"] = float(build) if build is not None else None
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
     metrics["strategy"] = manifest.get("strategy")
     metrics["as_of"] = manifest.get("as_of")
@@ -187,12 +189,13 @@ def run(cfg: Config) -> dict:
     results = {v: evaluate_version(cfg.root, v, transitions, ks) for v in versions}
     for v, m in results.items():
         as_of = m.get("as_of")
-        if as_of and str(as_of) > start.isoformat():
-            # The table was built with data from inside the scored days: say so, loudly.
+        # The table was built with data from inside the scored days: say so, loudly, and always
+        # carry the flag (false too), since such a hit rate is not an out-of-sample number.
+        m["leaks_scored_days"] = bool(as_of and str(as_of) > start.isoformat())
+        if m["leaks_scored_days"]:
             log.warning(
                 "version %s was built as of %s, after the first scored day %s", v, as_of, start
             )
-            m["leaks_scored_days"] = True
     out_dir = report_dir(cfg.root, cfg.report)
     write_json(join(out_dir, "metrics.json"), results)
     timeline = {v: daily_rates(cfg.root, v, transitions, ks) for v in versions}
@@ -204,7 +207,8 @@ def run(cfg: Config) -> dict:
         "start": start.isoformat(),
         "end": end.isoformat(),
         "metrics": {
-            v: {k: m[k] for k in m if k.startswith("hit_rate")} for v, m in results.items()
+            v: {k: m[k] for k in m if k.startswith("hit_rate") or k == "leaks_scored_days"}
+            for v, m in results.items()
         },
     }
 

@@ -63,7 +63,9 @@ def test_evaluate_current_and_named_versions(root):
         table([(0, 1, 1, 3)]),
         backoff(glob),
         CAT,
-        {"strategy": "base", "as_of": "2026-03-01"},
+        # Built as of Mar 2, so from Mar 1's counts; no build time of its own, only a nested
+        # one that is some other cost.
+        {"strategy": "base", "as_of": "2026-03-02", "metrics": {"perf": {"compute_seconds": 9}}},
     )
     swap_current(root, "A")
     # Day D: (0,1)->2 x3 (A rank 1), (0,1)->3 x1 (A rank 2), (2,1)->4 x2 (A: backoff c2 rank 1),
@@ -73,7 +75,15 @@ def test_evaluate_current_and_named_versions(root):
     cfg = load_config(
         None, [f"root={root}", "report=ev", "evaluate.start=2026-03-01", "evaluate.end=2026-03-02"]
     )
-    evaluate.run(cfg)
+    out = evaluate.run(cfg)
+    assert out["metrics"] == {
+        "A": {
+            "hit_rate@1": pytest.approx(0.9),
+            "hit_rate@5": 1.0,
+            "hit_rate@10": 1.0,
+            "leaks_scored_days": False,
+        }
+    }
     m = read_json(join(root, "reports", "ev", "metrics.json"))["A"]
     assert m["n_events"] == 10
     assert m["hit_rate@1"] == pytest.approx((3 + 2 + 4) / 10)
@@ -81,6 +91,7 @@ def test_evaluate_current_and_named_versions(root):
     assert m["coverage"] == pytest.approx(4 / 10)
     assert m["valid_rate"] == pytest.approx(0.95)
     assert m["strategy"] == "frequency" and m["compute_seconds"] == 12.5
+    assert m["leaks_scored_days"] is False
 
     cfg = load_config(
         None,
@@ -101,6 +112,11 @@ def test_evaluate_current_and_named_versions(root):
     # (3,4) -> 0 at rank 1.
     assert m["B"]["hit_rate@1"] == pytest.approx((1 + 4) / 20)
     assert m["B"]["hit_rate@5"] == pytest.approx((1 + 2 + 4) / 20)
+    # B's manifest has no top-level compute_seconds: null, not 0.0 nor the nested 9.
+    assert m["B"]["compute_seconds"] is None and m["A"]["compute_seconds"] == 12.5
+    # B was built from a scored day (Mar 1): the flag, in metrics.json and the summary line.
+    assert (m["A"]["leaks_scored_days"], m["B"]["leaks_scored_days"]) == (False, True)
+    assert {v: r["leaks_scored_days"] for v, r in out["metrics"].items()} == {"A": False, "B": True}
     # Per day beside it, and the plot of them (docs/contracts.md: metrics.json plus plots).
     daily = read_json(join(root, "reports", "ev2", "timeline.json"))["hit_rates"]
     assert daily["A"]["2026-03-01"]["hit_rate@1"] == pytest.approx(9 / 10)
