@@ -181,17 +181,20 @@ class Lookup:
         )
 
     def answer(self, c1: int, c2: int, k: int) -> tuple[str, list[tuple[int, float]]]:
-        """(source, [(c3, score), ...]) for the pair, backing off to c2 alone, then the global top.
+        """(source, [(c3, score), ...]) for the pair; a pair missing from the table gets c2's
+        successors, topped up to k from the global top as the table's own rows are
+        (padded_rows), with the source of its first answer.
 
         Backoff lists skip c1 and c2 so every answer is novel, as the table's rows are.
         """
         row = self.pairs.get((c1, c2))
         if row is not None:
             return self.sources[(c1, c2)], list(row[:k])
-        for key, source in ((c2, "backoff_c2"), (GLOBAL, "backoff_global")):
-            row = self.backoff.get(key)
-            if row:
-                picked = [(c3, s) for c3, s in row if c3 != c1 and c3 != c2][:k]
-                if picked:
-                    return source, picked
-        return "empty", []
+        lists = (
+            (self.backoff.get(c2, ()), "backoff_c2"),
+            (self.backoff.get(GLOBAL, ()), "backoff_global"),
+        )
+        picked = padded_rows(lists, (c1, c2), k, self.catalog)
+        if not picked:
+            return "empty", []
+        return picked[0][2], [(c3, score) for c3, score, _ in picked]

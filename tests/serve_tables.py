@@ -82,8 +82,11 @@ def expected(pairs, c1: int, c2: int, k: int) -> tuple[str, list[tuple[int, floa
     if (c1, c2) in pairs:
         source, answers = pairs[(c1, c2)]
         return source, answers[:k]
+    # c2's successors, then the global top for what is left of k (scores never rise down it).
+    picked, sources = [], []
     for key, source in ((c2, "backoff_c2"), (-1, "backoff_global")):
-        picked = [(c, s) for c, s in BACKOFF.get(key, []) if c not in (c1, c2)][:k]
-        if picked:
-            return source, picked
-    return "empty", []
+        for c, s in BACKOFF.get(key, []):
+            if len(picked) < k and c not in (c1, c2) and c not in [p[0] for p in picked]:
+                picked.append((c, min([s] + [p[1] for p in picked])))
+                sources.append(source)
+    return (sources[0], picked) if picked else ("empty", [])

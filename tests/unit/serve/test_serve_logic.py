@@ -75,13 +75,17 @@ def test_every_contract_answer_matches_the_published_dicts(root):
                 assert answer["clusters"] == [
                     {"cluster_id": c, "name": name(c), "score": s} for c, s in picked
                 ]
-    # Worked examples: a table row, the c2 backoff skipping c1, the global backoff.
+    # Worked examples: a table row, the c2 backoff skipping c1 and topped up from the global top
+    # (skipping c2 and what c2's list gave; scores capped so they never rise), the global backoff.
     assert next_answer(lookup, 1, 2, 2)["clusters"][1] == {
         "cluster_id": 4,
         "name": "Cluster 4",
         "score": 0.25,
     }
-    assert [c["cluster_id"] for c in next_answer(lookup, 6, 2, 5)["clusters"]] == [1, 7]
+    assert [(c["cluster_id"], c["score"]) for c in next_answer(lookup, 6, 2, 5)["clusters"]] == [
+        (1, 0.5), (7, 0.125), (0, 0.125), (8, 0.0625)
+    ]
+    assert next_answer(lookup, 6, 2, 5)["source"] == "backoff_c2"
     assert next_answer(lookup, 0, 9, 5)["source"] == "backoff_global"
     assert [c["cluster_id"] for c in next_answer(lookup, 0, 9, 5)["clusters"]] == [1, 2, 8]
     assert next_answer(lookup, 6, 2, 5)["clusters"][0]["score"] == 0.5  # c2's backoff score

@@ -100,7 +100,9 @@ def test_a_backoff_naming_a_dropped_cluster_is_answered_200(root):
         try:
             lookup = replica.watcher.lookup
             assert next_answer(lookup, 6, 2, 5)["clusters"] == [
-                {"cluster_id": 1, "name": "Cluster 1", "score": 0.5}
+                {"cluster_id": 1, "name": "Cluster 1", "score": 0.5},
+                {"cluster_id": 0, "name": "Cluster 0", "score": 0.5},
+                {"cluster_id": 8, "name": "Cluster 8", "score": 0.25},
             ]
             fast = replica.fast_next(b"history=6,2&k=5")
             handler = await replica.next_single(history="5,9", k=5)
@@ -110,7 +112,7 @@ def test_a_backoff_naming_a_dropped_cluster_is_answered_200(root):
 
     fast, status, body = asyncio.run(scenario())
     assert json.loads(fast)["source"] == "backoff_c2"
-    assert [c["cluster_id"] for c in json.loads(fast)["clusters"]] == [1]
+    assert [c["cluster_id"] for c in json.loads(fast)["clusters"]] == [1, 0, 8]
     assert status == 200
     assert (body["source"], [c["cluster_id"] for c in body["clusters"]]) == (
         "backoff_global",
