@@ -19,7 +19,8 @@ Incremental: each shard also writes its users' last two clusters (after collapsi
 `<root>/stats/state/`. A later run reads only events of days after the last processed day,
 prepends each user's state as two pseudo-events that sort first, and so produces exactly the
 counts a full run would, without touching old days. Each run writes a new state version; once
-meta.json names it, every other version goes, also one that a failed or killed run left behind.
+meta.json names it, the previous one goes, and so does one that a run which failed or was killed
+a day or more before left behind.
 
 Bounded by `as_of` (what `jobs.pipeline tick --as-of D` sets): only days before D are counted.
 Events of D or later (today's partial day at a 02:30 tick, a client clock stamped 2030) are held:
@@ -209,21 +210,42 @@ def remove_stale(root: str, version: str, transition_days: set, item_days: set) 
         for name in storage.list_dirs(folder):
             if name not in keep:
                 storage.remove(storage.join(folder, name))
-    remove_other_states(root, version)
+    state = storage.aggregate_state_dir(root)
+    for name in storage.list_dirs(state):
+        if name != version:
+            storage.remove(storage.join(state, name))
 
 
-def remove_other_states(root: str, version: str) -> None:
-    """After meta.json names `version`: every other `v-*` state version.
+# A state version this much older than ours cannot be a run still writing: one that failed.
+ORPHAN_AGE = dt.timedelta(hours=24)
 
-    Not just the previous one: a run that failed or was killed after writing shards and before
-    moving meta.json (or right after, before removing the old version) left a version that
-    nothing reads; the next run that succeeds sweeps it. The version meta.json names now is
-    kept even if it is not ours.
+
+def version_time(name: str) -> dt.datetime | None:
+    """When a state version `v-YYYYmmddTHHMMSS-xxxxxx` was started (None if not so named)."""
+    try:
+        return dt.datetime.strptime(name.split("-")[1], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+    except (IndexError, ValueError):
+        return None
+
+
+def remove_other_states(root: str, version: str, previous: str | None = None) -> None:
+    """After meta.json names `version`: the `previous` one it replaced, and any other `v-*`
+    version started over ORPHAN_AGE before ours.
+
+    A run that failed or was killed after writing shards and before moving meta.json (or right
+    after, before removing the previous version) left a version that nothing reads; a later run
+    that succeeds sweeps it. Younger ones stay: they may be a bare jobs.aggregate still writing
+    beside this one (a tick's lock does not cover it). The version meta.json names now is kept
+    even if it is not ours.
     """
     state = storage.aggregate_state_dir(root)
     keep = {version, (_read_meta(root) or {}).get("version")}
+    born = version_time(version) or dt.datetime.now(dt.UTC)
     for name in storage.list_dirs(state):
-        if name.startswith("v-") and name not in keep:
+        if not name.startswith("v-") or name in keep:
+            continue
+        started = version_time(name)
+        if name == previous or started is None or started < born - ORPHAN_AGE:
             storage.remove(storage.join(state, name))
 
 
@@ -292,7 +314,7 @@ def run(cfg: Config) -> dict:
                             "user_type": "string" if string_users else "int",
                             "inputs_source": source})
         if meta:
-            remove_other_states(root, version)
+            remove_other_states(root, version, meta.get("version"))
         else:
             remove_stale(root, version, set(written["day"].to_pylist()), item_days)
         today = dt.datetime.now(dt.UTC).date()

@@ -18,15 +18,22 @@ def plant(root: str, names: list[str], meta_version: str | None) -> str:
     return state
 
 
+OURS = "v-20260305T023000-aaaaaa"
+PREVIOUS = "v-20260304T023000-bbbbbb"  # what meta.json named before ours
+ORPHAN = "v-20260303T180000-cccccc"  # a run killed 32 h before ours started
+RUNNING = "v-20260305T010000-dddddd"  # started 1.5 h before ours: maybe still writing
+
+
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
-def test_remove_other_states_keeps_the_new_and_the_named_version(where, root, request):
+def test_remove_other_states_sweeps_the_previous_and_old_orphans_only(where, root, request):
     if where == "s3":
         root = f"{request.getfixturevalue('s3_bucket')}/run"
-    state = plant(root, ["v-1-old", "v-2-orphan", "v-3-new", "keep-me"], "v-3-new")
-    remove_other_states(root, "v-3-new")
-    assert storage.list_dirs(state) == ["keep-me", "v-3-new"]
+    state = plant(root, [PREVIOUS, ORPHAN, RUNNING, OURS, "v-junk", "keep-me"], OURS)
+    remove_other_states(root, OURS, PREVIOUS)
+    assert storage.list_dirs(state) == ["keep-me", RUNNING, OURS]
     assert storage.exists(storage.join(state, "meta.json"))
     # A version that meta.json names is never removed, even when the caller's is another one.
-    storage.write_text(storage.join(state, "v-4-other", "shard-00000.parquet"), "x")
-    remove_other_states(root, "v-4-other")
-    assert storage.list_dirs(state) == ["keep-me", "v-3-new", "v-4-other"]
+    other = "v-20260307T023000-eeeeee"
+    storage.write_text(storage.join(state, other, "shard-00000.parquet"), "x")
+    remove_other_states(root, other, OURS)
+    assert storage.list_dirs(state) == ["keep-me", OURS, other]
