@@ -218,12 +218,13 @@ def remove_stale(root: str, version: str, transition_days: set, item_days: set) 
 
 # A state version this much older than ours cannot be a run still writing: one that failed.
 ORPHAN_AGE = dt.timedelta(hours=24)
+STATE_STAMP = "%Y%m%dT%H%M%S"  # a state version is v-<start, UTC, in this format>-<6 hex>
 
 
 def version_time(name: str) -> dt.datetime | None:
     """When a state version `v-YYYYmmddTHHMMSS-xxxxxx` was started (None if not so named)."""
     try:
-        return dt.datetime.strptime(name.split("-")[1], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+        return dt.datetime.strptime(name.split("-")[1], STATE_STAMP).replace(tzinfo=dt.UTC)
     except (IndexError, ValueError):
         return None
 
@@ -276,7 +277,7 @@ def run(cfg: Config) -> dict:
     items = read_items(cfg.inputs.items, cfg.inputs.clusters)
     env = storage_env()
     n = ac.num_partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    version = f"v-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    version = f"v-{dt.datetime.now(dt.UTC):{STATE_STAMP}}-{uuid.uuid4().hex[:6]}"
     state_dir = storage.join(storage.aggregate_state_dir(root), version)
     t0 = time.time()
     if ac.engine == "tasks":
