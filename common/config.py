@@ -393,6 +393,17 @@ class PipelineConfig(Section):
         "table's top-1 on the same slice by more than this many standard errors. None: drift "
         "alone decides (docs/results.md, the 44-day replay).",
     )
+    max_tick_hours: float | None = Field(
+        20.0,
+        gt=0,
+        description="Tick: the longest one tick may run, in hours (None: no limit). A step that "
+        "hangs (a stuck S3 read, a hung collective in a fine-tune) would hold pipeline/tick.lock "
+        "for ever, its heartbeat keeping it fresh, and every later tick would be refused; past "
+        "this the tick logs which step was running, releases the lock and exits with status 3. "
+        "Under 24 so that a daily cron's next tick finds the lock free. Raise it when a "
+        "fine-tune needs longer: a tick stopped here loses its fine-tune, the next one starts "
+        "it again.",
+    )
     strategies: list[str] = Field(
         default_factory=lambda: [
             "frequency", "base", "rag", "ft_once", "ft_monthly", "hybrid", "adaptive"

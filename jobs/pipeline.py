@@ -9,7 +9,9 @@ measured weaker than the frequency table on the fine-tune's held-out slice); a R
 fine-tune (and on the next tick when that refresh failed). The state lives in
 `<root>/pipeline/state.json` and records each completed step, so a second tick for the same day
 does nothing, a tick for an earlier day than one recorded is refused, and a failed step (an
-exception or a failed guard) leaves `tables/CURRENT` alone and is retried by the next tick.
+exception or a failed guard) leaves `tables/CURRENT` alone and is retried by the next tick. A
+tick still running after `max_tick_hours` (a hung step) is stopped: it removes its lock and exits
+with status 3, so the next tick can run.
 
 `python -m jobs.pipeline replay --start DAY --end DAY --strategies a,b,...` replays the cadence
 over logged history (see jobs/replay.py).
@@ -30,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -331,20 +334,59 @@ def take_lock(uri: str, me: dict) -> None:
     raise InputError(f"could not take {uri}: other ticks keep taking it")
 
 
+# A tick stopped at pipeline.max_tick_hours ends with this status (1: a failed step or an
+# error, 2: a usage error).
+EXIT_PAST_DEADLINE = 3
+RELEASE_TIMEOUT_S = 60  # the longest a stopped tick waits to remove its lock (storage may hang)
+
+
+def deadline_message(day: dt.date, max_hours: float, step: str) -> str:
+    """What a tick stopped at its deadline logs: the step that was running and what to raise."""
+    return (
+        f"tick for {day} ran past pipeline.max_tick_hours={max_hours:g} while step {step!r} was "
+        f"running: stopping it (exit status {EXIT_PAST_DEADLINE}) and removing its "
+        "pipeline/tick.lock so that the next tick can run. A hung step (a stuck read, a hung "
+        "collective) would otherwise hold the lock for ever; if the step only needs longer, "
+        "raise pipeline.max_tick_hours (null: no limit). The next tick starts the step again."
+    )
+
+
+def exit_past_deadline(message: str) -> None:
+    """End the process at once. The steps run Ray work in this process's main thread, which
+    another thread cannot interrupt cleanly (a blocked read or ray.get takes no exception). A
+    killed tick is like a crashed one, which the design survives: every write is atomic
+    (versioned state, atomic day files, tables published through the CURRENT pointer), so the
+    next tick finds either the old or the new version and redoes the unfinished step."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PAST_DEADLINE)
+
+
 @contextlib.contextmanager
-def tick_lock(root: str, day: dt.date):
+def tick_lock(
+    root: str,
+    day: dt.date,
+    max_hours: float | None = None,
+    on_deadline: Callable[[str], None] | None = None,
+):
     """One tick at a time per root: two overlapping ticks (a slow fine-tune past the next cron
     time, a manual tick beside the cron one) would count the same days twice and overwrite each
     other's state. `pipeline/tick.lock` is created atomically (also on S3) and removed at the
     end. The tick rewrites it every HEARTBEAT_S (a heartbeat thread); a lock left by a killed
     tick on this host, or one nobody rewrote for STALE_LOCK_S, is taken over; any other is an
-    error."""
+    error.
+
+    The heartbeat would keep a hung tick's lock fresh for ever, so a tick still running after
+    `max_hours` (None: no limit) is stopped by a watchdog: it logs an error naming the step
+    running (the caller sets the yielded {"step": name}), removes the lock if still ours and
+    calls `on_deadline(message)` (default: exit_past_deadline)."""
     uri = tick_lock_uri(root)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "as_of": day.isoformat(),
           "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
           "proc_start": process_start(os.getpid())}
     take_lock(uri, me)
     stop = threading.Event()
+    running = {"step": "start"}
 
     def heartbeat() -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -354,15 +396,36 @@ def tick_lock(root: str, day: dt.date):
             except Exception as e:  # a storage hiccup: the next beat tries again
                 log.warning("tick lock heartbeat: %s", e)
 
-    beat = threading.Thread(target=heartbeat, name="tick-lock-heartbeat", daemon=True)
-    beat.start()
-    try:
-        yield
-    finally:
+    def release() -> None:
         stop.set()
-        beat.join()
+        beat.join()  # a beat in flight must not write the lock back once it is removed
         if read_lock(uri) == me:
             remove(uri)
+
+    def past_deadline() -> None:
+        message = deadline_message(day, max_hours, running["step"])
+        log.error(message)
+        # In a thread of its own and bounded: a hung storage must not keep a hung tick alive
+        # (a lock left behind is taken over once its holder is gone, or after STALE_LOCK_S).
+        releasing = threading.Thread(target=release, name="tick-lock-release", daemon=True)
+        releasing.start()
+        releasing.join(RELEASE_TIMEOUT_S)
+        (on_deadline or exit_past_deadline)(message)
+
+    beat = threading.Thread(target=heartbeat, name="tick-lock-heartbeat", daemon=True)
+    beat.start()
+    watchdog = None
+    if max_hours is not None:
+        # A timer apart from the heartbeat, whose write can itself hang on a stuck storage.
+        watchdog = threading.Timer(max_hours * 3600, past_deadline)
+        watchdog.name, watchdog.daemon = "tick-watchdog", True
+        watchdog.start()
+    try:
+        yield running
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        release()
 
 
 def last_day(state: dict, step: str) -> dt.date | None:
@@ -467,13 +530,22 @@ def calendar_refresh_after(failed: dict, cfg: Config, state: dict, day: dt.date)
     return refresh_due(last, day, cfg.pipeline.rag_every_days)
 
 
-def tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
-    """Run what is due on `day`, holding the root's tick lock (see `tick_lock`)."""
-    with tick_lock(cfg.root, day):
-        return _tick(cfg, day, steps)
+def tick(
+    cfg: Config,
+    day: dt.date,
+    steps: dict | None = None,
+    on_deadline: Callable[[str], None] | None = None,
+) -> dict:
+    """Run what is due on `day`, holding the root's tick lock (see `tick_lock`); a tick still
+    running after pipeline.max_tick_hours is stopped (`on_deadline`, default: the process
+    exits with EXIT_PAST_DEADLINE)."""
+    with tick_lock(cfg.root, day, cfg.pipeline.max_tick_hours, on_deadline) as running:
+        return _tick(cfg, day, steps, running)
 
 
-def _tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
+def _tick(
+    cfg: Config, day: dt.date, steps: dict | None = None, running: dict | None = None
+) -> dict:
     """Run what is due on `day`; idempotent; a failed step is recorded and retried next time.
 
     The aggregate runs first and the rest is planned after it, so the adaptive policy measures
@@ -482,6 +554,7 @@ def _tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
     a refresh that the calendar made due run, on the previous adapter, so fresh retrieved
     statistics keep reaching the table while the fine-tune is retried by the next ticks."""
     steps = steps or STEPS
+    running = {} if running is None else running  # {"step": name}: what a stopped tick names
     state = load_state(cfg.root)
     key = day.isoformat()
     record = state["ticks"].get(key)
@@ -505,12 +578,14 @@ def _tick(cfg: Config, day: dt.date, steps: dict | None = None) -> dict:
         if failed and not (name == "refresh" and calendar_refresh_after(failed, cfg, state, day)):
             break
         if record.get("planned") is False and name != "aggregate":
+            running["step"] = "plan"
             record["plan"] = plan_tick(cfg, state, day)
             record["planned"] = True
             save_state(cfg.root, state)
         if name not in record["plan"] or record["steps"].get(name, {}).get("status") == "done":
             continue
         t0 = time.perf_counter()
+        running["step"] = name
         try:
             result = steps[name](day_cfg)
         except Exception as e:  # recorded; later steps depend on this one
@@ -592,7 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run what is due for one day (idempotent).",
         description="Run what is due on --as-of: aggregate the new days, then a fine-tune and "
         "a refresh (snapshot, bulk inference, guards, publish) when the policy says so. A day "
-        "already done is a no-op; a failed step is retried by the next tick.",
+        "already done is a no-op; a failed step is retried by the next tick. A tick still "
+        "running after pipeline.max_tick_hours (default "
+        f"{PipelineConfig().max_tick_hours:g}) logs the step it was in, removes its lock and "
+        f"exits with status {EXIT_PAST_DEADLINE}; the next tick starts that step again.",
         epilog=f"Reads: {TICK_READS}\nWrites: {TICK_WRITES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -544,6 +544,71 @@ def test_a_running_tick_keeps_its_lock_fresh_and_a_stale_one_is_taken_over(
     assert max(ages) < pipeline.STALE_LOCK_S and not exists(lock)
 
 
+def test_a_tick_past_its_deadline_names_the_step_and_gives_back_the_lock(tmp_path, caplog):
+    """A hung step would hold the lock for ever (its heartbeat keeps it fresh): past
+    pipeline.max_tick_hours (here 0.5 s) the watchdog logs the step, removes the lock and
+    calls on_deadline (os._exit in production; here it records, and the step goes on)."""
+    import threading
+
+    from common.storage import exists, tick_lock
+
+    cfg = load_config(None, [f"root={tmp_path}", f"pipeline.max_tick_hours={0.5 / 3600}"])
+    lock = tick_lock(cfg.root)
+    stopped: list[str] = []
+    deadline = threading.Event()
+    seen = {}
+
+    def on_deadline(message: str) -> None:
+        stopped.append(message)
+        deadline.set()
+
+    class HungSteps(FakeSteps):
+        def finetune(self, cfg):
+            # A hung fine-tune, freed by the watchdog here (it waits up to 5 s for 0.5 s).
+            seen["locked"], seen["stopped"] = exists(lock), deadline.wait(5)
+            seen["unlocked"] = not exists(lock)
+            return super().finetune(cfg)
+
+    with caplog.at_level("ERROR", logger="jobs.pipeline"):
+        tick(cfg, day(0), HungSteps(), on_deadline=on_deadline)
+    assert seen == {"locked": True, "stopped": True, "unlocked": True}
+    assert len(stopped) == 1
+    assert "'finetune'" in stopped[0] and "pipeline.max_tick_hours" in stopped[0]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == stopped
+    assert not exists(lock)
+
+
+def test_the_tick_watchdog_fires_within_a_heartbeat_and_never_without_a_deadline(tmp_path):
+    """tick_lock alone: a deadline far shorter than HEARTBEAT_S (0.5 s) fires on time, naming
+    the step its caller set; with None (no limit) nothing fires, and the lock is released at
+    the end as before."""
+    import threading
+    import time
+
+    from common.storage import exists, tick_lock
+    from jobs.pipeline import tick_lock as hold
+
+    root = str(tmp_path)
+    lock = tick_lock(root)
+    stopped: list[str] = []
+    fired = threading.Event()
+
+    def on_deadline(message: str) -> None:
+        stopped.append(message)
+        fired.set()
+
+    with hold(root, day(0), 0.5 / 3600, on_deadline) as running:
+        running["step"] = "refresh"
+        assert exists(lock) and not fired.is_set()
+        assert fired.wait(5) and not exists(lock)
+    assert len(stopped) == 1 and "'refresh'" in stopped[0]
+
+    with hold(root, day(1), None, on_deadline):
+        time.sleep(1.0)  # twice the deadline above
+        assert exists(lock)
+    assert len(stopped) == 1 and not exists(lock)
+
+
 def test_the_tick_command_refuses_two_different_days(tmp_path, capsys):
     """`tick --as-of D --set as_of=E` used to build for D without a word about E."""
     from jobs.pipeline import main
