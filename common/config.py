@@ -259,9 +259,10 @@ class FinetuneConfig(Section):
     keep_checkpoints: bool = Field(
         False,
         description="Keep the run's checkpoints under root once its adapter is published (a "
-        "re-run of the same run then only re-scores); off, they are removed then: they are "
-        "only for resuming, and hold the optimizer state (~110 MB per fine-tune of the default "
-        "model).",
+        "re-run of the same run then only re-scores); off, they are removed then, with those "
+        "of other runs nothing wrote to for a day (a fine-tune stopped on one day is retried "
+        "as of the next, under another run name): they are only for resuming, and hold the "
+        "optimizer state (~110 MB per fine-tune of the default model).",
     )
     seed: int = Field(0)
     threads: int | None = Field(

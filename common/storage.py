@@ -10,6 +10,7 @@ docs/contracts.md.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import uuid
@@ -179,6 +180,22 @@ def file_stamps(uri: str) -> dict[str, str]:
         stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified")
         out[name[len(base):].lstrip("/")] = f"{info.get('size')}:{stamp}"
     return out
+
+
+def newest_write(uri: str) -> dt.datetime | None:
+    """When anything under uri was last written (local mtime or S3 LastModified, UTC); None
+    when it holds no file."""
+    fs, path = fsspec_for(uri)
+    if not fs.exists(path):
+        return None
+    stamps = []
+    for info in fs.find(path, detail=True).values():
+        when = info.get("LastModified") or info.get("mtime")
+        if isinstance(when, (int, float)):
+            when = dt.datetime.fromtimestamp(when, dt.UTC)
+        if isinstance(when, dt.datetime):
+            stamps.append(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    return max(stamps) if stamps else None
 
 
 def remove(uri: str) -> None:

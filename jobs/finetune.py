@@ -75,6 +75,28 @@ def loop_config(cfg: Config, data: dict, rag: bool) -> dict:
     }
 
 
+ABANDONED_AFTER = dt.timedelta(hours=24)
+
+
+def remove_abandoned_checkpoints(root: str, now: dt.datetime) -> list[str]:
+    """Remove the checkpoints of other runs nothing has written to for ABANDONED_AFTER.
+
+    A fine-tune killed or failed on day d is retried by the next tick as of d + 1: another
+    window, so another run name, and d's checkpoints would stay forever (~113 MB each for the
+    default model). A run written to within the day may be a bare jobs.finetune beside this one
+    (the tick's lock does not cover it) and stays."""
+    folder = storage.checkpoints_dir(root)
+    removed = []
+    for run in storage.list_dirs(folder):
+        written = storage.newest_write(storage.join(folder, run))
+        if written is not None and written < now - ABANDONED_AFTER:
+            storage.remove(storage.join(folder, run))
+            removed.append(run)
+    if removed:
+        log.info("removed abandoned checkpoints: %s", ", ".join(removed))
+    return removed
+
+
 def run_name(cfg: Config, day: dt.date, data: dict) -> str:
     """Same day + learning settings + model + examples -> same name: a re-run resumes the stored
     checkpoints, also with other threads, checkpoint cadence or resources (RUNTIME_ONLY)."""
@@ -219,6 +241,7 @@ def run(cfg: Config) -> dict:
     if not ft.keep_checkpoints:
         # Published: the checkpoints were only for resuming this run.
         storage.remove(storage.join(storage.checkpoints_dir(cfg.root), name))
+        remove_abandoned_checkpoints(cfg.root, dt.datetime.now(dt.UTC))
     summary = {
         "as_of": str(day),
         "version": version,
@@ -254,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt.*, retrieval.window_days (RAG successors of each example), infer.llm_weight "
         "(the held-out blend line)",
         writes="checkpoints/<run>/ (Ray Train; a re-run resumes it, also with other threads or "
-        "resources; removed once the adapter is published unless finetune.keep_checkpoints), "
+        "resources; removed once the adapter is published unless finetune.keep_checkpoints, with "
+        "those of other runs untouched for a day), "
         "adapters/<version>/ (PEFT adapter + meta.json), adapters/LATEST, "
         "reports/<report>/finetune-<day>.json",
     )

@@ -125,13 +125,21 @@ def test_finetune_in_driver_publishes_adapter(root, tiny_model_dir):
         "finetune.checkpoint_every_steps=3",
         "finetune.eval_batch_size=4",
     ]
+    # Beside it, a run killed two days ago (retried since under another name: never resumed)
+    # and one written to an hour ago (maybe a bare jobs.finetune still running).
+    for run, hours in (("ft-killed", 48), ("ft-running", 1)):
+        state = f"{root}/checkpoints/{run}/checkpoint_000001/state.pt"
+        os.makedirs(os.path.dirname(state))
+        open(state, "wb").write(b"x" * 10)
+        stamp = time.time() - hours * 3600
+        os.utime(state, (stamp, stamp))
     again = finetune.run(load_config(None, rerun))
     assert again["run_name"] == summary["run_name"]
     assert again["start_step"] == again["metrics"]["total_steps"] == 8
     # Without keep_checkpoints (the default, as in this re-run) the run's checkpoints go once
-    # its adapter is published; the adapter stays.
+    # its adapter is published, and so do the abandoned ones; the adapter stays.
     assert not os.path.exists(f"{root}/checkpoints/{summary['run_name']}")
-    assert os.listdir(f"{root}/checkpoints") == []
+    assert os.listdir(f"{root}/checkpoints") == ["ft-running"]
     check_adapter(again, tiny_model_dir)
     day, data = START + dt.timedelta(days=DAYS), {"train": [[1, 2, 3]]}
     wider = load_config(None, rerun + ["finetune.lora_r=8"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+
 import pytest
 
 from common import storage
@@ -92,3 +95,28 @@ def test_s3_pointer_swap(s3_bucket):
     fs, path = storage.arrow_fs_for(f"{s3_bucket}/prefix/tables/CURRENT")
     with fs.open_input_stream(path) as f:  # pyarrow sees what s3fs wrote, through moto
         assert f.read() == b"v2\n"
+
+
+def _newest_write_of_two_files(base: str) -> None:
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    assert storage.newest_write(f"{base}/run") is None
+    storage.write_text(f"{base}/run/a/x", "1")
+    storage.write_text(f"{base}/run/b/y", "2")
+    written = storage.newest_write(f"{base}/run")
+    after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    assert written.tzinfo is not None and before <= written <= after
+
+
+def test_newest_write_local(tmp_path):
+    _newest_write_of_two_files(str(tmp_path))
+    old = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp()
+    for name in ("a/x", "b/y"):
+        os.utime(tmp_path / "run" / name, (old, old))
+    newer = old + 3600
+    os.utime(tmp_path / "run" / "b" / "y", (newer, newer))
+    assert storage.newest_write(str(tmp_path / "run")) == dt.datetime(2026, 1, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.s3
+def test_newest_write_s3(s3_bucket):
+    _newest_write_of_two_files(f"{s3_bucket}/stamps")
