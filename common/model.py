@@ -14,6 +14,7 @@ PyTorch emulates bf16 matmuls, hundreds of times slower than fp32, so fp32 is th
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import glob
 import json
 import logging
@@ -363,6 +364,21 @@ def latest_adapter(root: str) -> str | None:
 def read_adapter_meta(adapter_uri: str) -> dict:
     """meta.json of an adapter: base_model, window, metrics, prompt settings."""
     return storage.read_json(storage.join(adapter_uri, ADAPTER_META))
+
+
+def adapter_meta(adapter_uri: str) -> dict:
+    """The adapter's meta.json, {} when it has none (an adapter saved by hand)."""
+    try:
+        return read_adapter_meta(adapter_uri)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def adapter_as_of(adapter_uri: str) -> dt.date | None:
+    """The day the adapter was fine-tuned as of (meta.json "as_of": it learned from the days
+    before it); None when its meta.json does not say."""
+    value = adapter_meta(adapter_uri).get("as_of")
+    return dt.date.fromisoformat(value) if value else None
 
 
 def publish_adapter(local_dir: str, root: str, version: str, meta: dict) -> str:

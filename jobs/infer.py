@@ -29,7 +29,7 @@ from common.cli import InputError, job_parser, run_main
 from common.config import Config, InferConfig
 from common.evaluation import hit_rates
 from common.lookup import GLOBAL, Lookup, known_mask, padded_rows, rows_by_key
-from common.model import ModelError
+from common.model import ModelError, adapter_as_of, adapter_meta
 from common.prompts import common_prefix
 from common.retrieval import build_snapshot, rag_for, read_snapshot, retrieved_lists
 from common.tables_io import read_table
@@ -176,20 +176,54 @@ def item_inputs(cfg: Config, day: dt.date) -> tuple[pa.Table | None, pa.Table | 
     return items, (publish.build_top_items(counts) if counts is not None else None)
 
 
-def adapter_path(cfg: Config) -> str | None:
-    """The adapter of ft/hybrid: cfg.infer.adapter, else the one `adapters/LATEST` names."""
+def adapter_path(cfg: Config, day: dt.date) -> str | None:
+    """The adapter of ft/hybrid for the table of `day`: cfg.infer.adapter, else the one
+    `adapters/LATEST` names, else (a backfill, where LATEST learned from days the table is for)
+    the newest adapter fine-tuned as of `day` or before: what LATEST named on that day."""
     if not uses_adapter(cfg.infer.strategy):
         return None
     if cfg.infer.adapter:
         return cfg.infer.adapter
-    latest = storage.join(storage.adapters_dir(cfg.root), "LATEST")
+    adapters = storage.adapters_dir(cfg.root)
+    latest = storage.join(adapters, "LATEST")
     if not storage.exists(latest):
         raise InputError(
             f"strategy {cfg.infer.strategy} needs an adapter: none under {latest} "
             "(run jobs.finetune or set infer.adapter)"
         )
     name = storage.read_text(latest).strip()
-    return name if "/" in name else storage.join(storage.adapters_dir(cfg.root), name)
+    path = name if "/" in name else storage.join(adapters, name)
+    as_of = adapter_as_of(path)
+    if as_of is None or as_of <= day:
+        return path
+    metas = {v: adapter_meta(storage.join(adapters, v)) for v in storage.list_dirs(adapters)}
+    older = sorted(
+        (m["as_of"], m.get("created_at", ""), v)
+        for v, m in metas.items()
+        if m.get("as_of") and dt.date.fromisoformat(m["as_of"]) <= day
+    )
+    if not older:
+        raise InputError(
+            f"no adapter under {adapters} was fine-tuned as of {day} or before (LATEST, {name}, "
+            f"as of {as_of}, learned from days the table of {day} would serve): run jobs.finetune "
+            f"with as_of={day} or earlier, or set infer.adapter"
+        )
+    chosen = older[-1][-1]
+    log.info("table of %s: adapter %s (LATEST, %s, is as of %s)", day, chosen, name, as_of)
+    return storage.join(adapters, chosen)
+
+
+def check_adapter_day(adapter: str | None, day: dt.date) -> dt.date | None:
+    """The adapter's as_of, which must not be after `day`: a table of day d serves days >= d,
+    and an adapter fine-tuned as of a later day learned from them (jobs.evaluate would score it
+    on its own training data)."""
+    as_of = adapter_as_of(adapter) if adapter else None
+    if as_of is not None and as_of > day:
+        raise InputError(
+            f"adapter {adapter} was fine-tuned as of {as_of}, on days the table of {day} would "
+            f"serve: set infer.adapter to one fine-tuned as of {day} or before"
+        )
+    return as_of
 
 
 def check_adapter_prompts(cfg: Config, adapter: str | None) -> None:
@@ -478,13 +512,13 @@ def _pair_rows(
     ]
 
 
-def infer_llm(cfg: Config, catalog: Catalog, pairs, snap, gpairs, shadow_snap) -> dict:
+def infer_llm(
+    cfg: Config, adapter: str | None, catalog: Catalog, pairs, snap, gpairs, shadow_snap
+) -> dict:
     """Table answers, shadow answers and free-generation rows of an LLM strategy, one Ray pass."""
     from common.model import load_tokenizer, resolve_model
 
     inf, g = cfg.infer, cfg.guards
-    adapter = adapter_path(cfg)
-    check_adapter_prompts(cfg, adapter)
     tokenizer = load_tokenizer(resolve_model(cfg.model))
     rag = uses_rag(inf.strategy)
     texts = prompt_texts(cfg, tokenizer, catalog, pairs, snap if rag else None)
@@ -557,6 +591,9 @@ def run(cfg: Config) -> dict:
     W, k, strategy = cfg.retrieval.window_days, inf.top_k, inf.strategy
     day = build_day(cfg)
     catalog = load_catalog(cfg.inputs.clusters)
+    adapter = adapter_path(cfg, day)  # checked before any work
+    trained_as_of = check_adapter_day(adapter, day)
+    check_adapter_prompts(cfg, adapter)
     snap, snap_how = snapshot_for(cfg, day)
     backoff = publish.build_backoff(
         snap["global"], read_transitions(cfg.root, day - W * DAY, day), catalog, k
@@ -596,7 +633,7 @@ def run(cfg: Config) -> dict:
         )
         valid = guards.check_valid_rate(g, 0, 0, "frequency strategy: no generated answers")
     else:
-        llm = infer_llm(cfg, catalog, pairs, snap, gpairs, shadow_snap)
+        llm = infer_llm(cfg, adapter, catalog, pairs, snap, gpairs, shadow_snap)
         answers, shadow, source = llm["answers"], llm["shadow"], "llm"
         note = (
             "free generation on the table's own prompts"
@@ -685,6 +722,8 @@ def run(cfg: Config) -> dict:
                 "min_support": inf.min_support,
                 "base_model": cfg.model.name_or_path if strategy != "frequency" else None,
                 "adapter": llm.get("adapter"),
+                # The adapter learned days before this one (jobs.evaluate's leak check reads it).
+                "adapter_as_of": str(trained_as_of) if trained_as_of else None,
                 "rag_snapshot_day": str(day)
                 if strategy in ("frequency", "rag", "hybrid")
                 else None,

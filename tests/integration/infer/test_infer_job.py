@@ -302,7 +302,7 @@ def test_root_on_s3_stored_snapshot_and_adapter(ray_session, s3_bucket, tiny_mod
 
     # hybrid: the adapter that adapters/LATEST names on S3, RAG from the stored snapshot.
     local = broken_adapter(tiny_model_dir, str(tmp_path / "adapter"))
-    publish_adapter(local, root, "a1", {"base_model": tiny_model_dir})
+    publish_adapter(local, root, "a1", {"base_model": tiny_model_dir, "as_of": str(AS_OF)})
     hybrid_cfg = make_cfg(
         root,
         "infer.strategy=hybrid",
@@ -320,6 +320,7 @@ def test_root_on_s3_stored_snapshot_and_adapter(ray_session, s3_bucket, tiny_mod
     assert adapter_copies() - before == set()
     m = manifest(root, hybrid["version"])
     assert m["adapter"] == f"{root}/adapters/a1" and m["guards"]["override"] is True
+    assert m["adapter_as_of"] == str(AS_OF)  # what jobs.evaluate's leak check reads
     table = published_table(root, hybrid["version"])
     assert_valid_rows(table, 5)
     # The rows are the adapted model's on RAG prompts from the stored snapshot (the actors read
