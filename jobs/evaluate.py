@@ -5,7 +5,8 @@ c3 is among the first k answers the server would give for (c1, c2): `common.look
 its backoff, the same class Serve answers with. Writes `<root>/reports/<report>/metrics.json`
 with one object per version: hit_rate@k, valid_rate, coverage, n_events, compute_seconds
 (the manifest's own, null when it has none), strategy, as_of, eval_seconds and
-leaks_scored_days; and beside it timeline.json and hit_rate_over_time.png (per-day hit rates).
+leaks_scored_days (the table or its adapter learned from a scored day: an as_of after the
+first); and beside it timeline.json and hit_rate_over_time.png (per-day hit rates).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from common.cli import InputError, job_parser, run_main
 from common.config import Config
 from common.lookup import Lookup
+from common.model import adapter_as_of
 from common.storage import join, read_current, read_json, report_dir, table_dir, write_json
 from common.transitions import list_days, read_transitions
 
@@ -92,6 +94,18 @@ def manifest_of(root: str, version: str) -> dict:
         return {}
 
 
+def data_as_of(manifest: dict) -> str | None:
+    """The latest as_of the table learned from: its own, or its adapter's when that is later
+    (a table can be built for an earlier day with an adapter fine-tuned as of a later one).
+    Manifests from before `adapter_as_of` was written: the adapter's meta.json says."""
+    trained = manifest.get("adapter_as_of")
+    if trained is None and manifest.get("adapter"):
+        found = adapter_as_of(manifest["adapter"])
+        trained = found.isoformat() if found else None
+    days = [str(d) for d in (manifest.get("as_of"), trained) if d]
+    return max(days) if days else None
+
+
 def scored_days(cfg: Config, days: list[dt.date]) -> tuple[dt.date, dt.date]:
     """[start, end) of the days scored: the configured bounds, else the last `days` with counts."""
     ev = cfg.evaluate
@@ -104,11 +118,25 @@ def scored_days(cfg: Config, days: list[dt.date]) -> tuple[dt.date, dt.date]:
     return start, end
 
 
-def evaluate_version(root: str, version: str, transitions: pa.Table, ks: list[int]) -> dict:
+def check_ks_within_tables(manifests: dict[str, dict], ks: list[int]) -> None:
+    """A table holds its top_k answers per pair: a hit rate at a larger k would count only
+    those (hit@20 equal to hit@10 on pairs in the table), a number that reads as more than it
+    is. Refused before any scoring."""
+    short = {v: m["top_k"] for v, m in manifests.items() if m.get("top_k") and m["top_k"] < ks[-1]}
+    if short:
+        held = ", ".join(f"{v} holds its top {k}" for v, k in short.items())
+        raise InputError(
+            f"evaluate.ks goes up to {ks[-1]}, but {held} per pair: score at most "
+            f"k={min(short.values())} (evaluate.ks) or leave those versions out"
+        )
+
+
+def evaluate_version(
+    root: str, version: str, manifest: dict, transitions: pa.Table, ks: list[int], start: dt.date
+) -> dict:
     t0 = time.perf_counter()
     lookup = Lookup.load(root, version)
     metrics = rates(hit_counts(lookup, transitions, ks), ks)
-    manifest = manifest_of(root, version)
     valid = valid_rate_of(manifest)
     # The manifest's own top-level key only (a nested one would be some other cost), and null
     # when it has none: 0.0 would read as a table that cost nothing to build.
@@ -118,6 +146,16 @@ def evaluate_version(root: str, version: str, transitions: pa.Table, ks: list[in
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
     metrics["strategy"] = manifest.get("strategy")
     metrics["as_of"] = manifest.get("as_of")
+    # The table (or the adapter it serves) was built with data from inside the scored days: say
+    # so, loudly, and always carry the flag (false too), since such a hit rate is not an
+    # out-of-sample number.
+    learned = data_as_of(manifest)
+    metrics["leaks_scored_days"] = bool(learned and learned > start.isoformat())
+    if metrics["leaks_scored_days"]:
+        log.warning(
+            "version %s learned from days up to %s, after the first scored day %s",
+            version, learned, start,
+        )
     return metrics
 
 
@@ -183,19 +221,14 @@ def run(cfg: Config) -> dict:
         if current is None:
             raise InputError(f"nothing published under {cfg.root}: no tables/CURRENT")
         versions = [current]
+    ks = sorted(set(cfg.evaluate.ks))
+    manifests = {v: manifest_of(cfg.root, v) for v in versions}
+    check_ks_within_tables(manifests, ks)
     start, end = scored_days(cfg, list_days(cfg.root))
     transitions = read_transitions(cfg.root, start, end)
-    ks = sorted(set(cfg.evaluate.ks))
-    results = {v: evaluate_version(cfg.root, v, transitions, ks) for v in versions}
-    for v, m in results.items():
-        as_of = m.get("as_of")
-        # The table was built with data from inside the scored days: say so, loudly, and always
-        # carry the flag (false too), since such a hit rate is not an out-of-sample number.
-        m["leaks_scored_days"] = bool(as_of and str(as_of) > start.isoformat())
-        if m["leaks_scored_days"]:
-            log.warning(
-                "version %s was built as of %s, after the first scored day %s", v, as_of, start
-            )
+    results = {
+        v: evaluate_version(cfg.root, v, manifests[v], transitions, ks, start) for v in versions
+    }
     out_dir = report_dir(cfg.root, cfg.report)
     write_json(join(out_dir, "metrics.json"), results)
     timeline = {v: daily_rates(cfg.root, v, transitions, ks) for v in versions}

@@ -323,6 +323,13 @@ def replay(
     strategies = list(dict.fromkeys(s.strip() for s in (strategies or pcfg.strategies)))
     for s in strategies:
         plan_builds(s, dt.date(2000, 1, 1), dt.date(2000, 1, 2), 1, 1)  # validates the name
+    if max(pcfg.ks) > cfg.infer.top_k:
+        # The tables built hold infer.top_k answers per pair: a larger cut-off would count only
+        # those, a hit rate that reads as more than it is.
+        raise InputError(
+            f"pipeline.ks goes up to {max(pcfg.ks)}, but the tables hold infer.top_k="
+            f"{cfg.infer.top_k} answers per pair: raise infer.top_k or lower pipeline.ks"
+        )
     days_with_counts = list_days(cfg.root)
     if not days_with_counts:
         raise InputError(f"no transition counts under {cfg.root}: run jobs.aggregate first")

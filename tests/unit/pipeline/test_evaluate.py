@@ -130,3 +130,47 @@ def test_evaluate_without_published_table_is_a_clear_error(root):
     cfg = load_config(None, [f"root={root}"])
     with pytest.raises(ValueError, match="nothing published"):
         evaluate.run(cfg)
+
+
+def publish_as_of(root, name, manifest):
+    publish.write_version(
+        root, name, table([(0, 1, 1, 2)]), backoff([(-1, 1, 3)]), CAT, manifest
+    )
+
+
+def test_an_adapter_fine_tuned_on_scored_days_is_flagged(root, tmp_path):
+    """A table built for a day before the scored ones can still serve an adapter that learned
+    from them: the flag follows the later of the two, from the manifest or the adapter."""
+    write_day(root, D, [(0, 1, 2, 3)])
+    late = str(tmp_path / "adapters" / "late")
+    os.makedirs(late)
+    with open(os.path.join(late, "meta.json"), "w") as f:
+        f.write('{"as_of": "2026-03-02"}')
+    publish_as_of(root, "own", {"as_of": "2026-03-01", "adapter_as_of": "2026-02-20"})
+    publish_as_of(root, "recorded", {"as_of": "2026-03-01", "adapter_as_of": "2026-03-02"})
+    # A manifest from before adapter_as_of was written: the adapter's meta.json says.
+    publish_as_of(root, "older", {"as_of": "2026-03-01", "adapter": late})
+    cfg = load_config(
+        None,
+        [
+            f"root={root}",
+            "evaluate.versions=[own, recorded, older]",
+            "evaluate.start=2026-03-01",
+            "evaluate.end=2026-03-02",
+        ],
+    )
+    flags = {v: m["leaks_scored_days"] for v, m in evaluate.run(cfg)["metrics"].items()}
+    assert flags == {"own": False, "recorded": True, "older": True}
+
+
+def test_hit_rates_past_a_tables_top_k_are_refused(root):
+    write_day(root, D, [(0, 1, 2, 3)])
+    publish_as_of(root, "top5", {"as_of": "2026-03-01", "top_k": 5})
+    publish_as_of(root, "top10", {"as_of": "2026-03-01", "top_k": 10})
+    sets = [f"root={root}", "report=k", "evaluate.start=2026-03-01", "evaluate.end=2026-03-02"]
+    with pytest.raises(ValueError, match="top5 holds its top 5 per pair: score at most k=5"):
+        evaluate.run(load_config(None, [*sets, "evaluate.versions=[top5, top10]"]))
+    assert not os.path.exists(join(root, "reports", "k"))  # refused before anything was written
+    out = evaluate.run(load_config(None, [*sets, "evaluate.versions=[top5, top10]",
+                                          "evaluate.ks=[1, 5]"]))
+    assert out["metrics"]["top5"]["hit_rate@1"] == pytest.approx(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -284,3 +285,9 @@ def test_replay_refuses_inputs_that_would_lose_data_or_score_nothing(tmp_path):
         replay(cfg, None, None, ["frequency", "hybrid"])
     with pytest.raises(InputError, match=f"no events in \\[{day(12)}, {day(14)}\\)"):
         replay(cfg, day(12), day(14), ["frequency"])
+    # Cut-offs past the answers each table holds would count only those.
+    short = with_overrides(cfg, infer__top_k=5)
+    with pytest.raises(InputError, match="pipeline.ks goes up to 10, but the tables hold "
+                       "infer.top_k=5 answers per pair"):
+        replay(short, day(5), day(7), ["frequency"])
+    assert not os.path.exists(f"{root}/reports")  # refused before anything was written
