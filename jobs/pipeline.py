@@ -640,6 +640,90 @@ def _small(result: Any) -> Any:
     return json.loads(text) if len(text) < 20_000 else {"truncated": text[:2000]}
 
 
+# ---- status: what an operator checks (reads only) ---------------------------------------------
+def status(cfg: Config, today: dt.date) -> dict:
+    """Whether the root is fresh on `today`: what is served and as of when, the last tick, the
+    last fine-tune and refresh, a tick running now, and `problems` (empty when healthy): what a
+    monitor alerts on, since a tick that keeps failing leaves the old table served, silently."""
+    from common.storage import table_dir
+    from common.transitions import list_days
+
+    pcfg, root = cfg.pipeline, cfg.root
+    state = load_state(root)
+    problems = []
+    current = read_current(root)
+    served = None
+    if current is None:
+        problems.append("no table served: tables/CURRENT is missing (run a tick)")
+    else:
+        try:
+            m = read_json(f"{table_dir(root, current)}/manifest.json")
+        except (FileNotFoundError, ValueError):
+            m = {}
+        served = {k: m.get(k) for k in ("as_of", "strategy", "adapter", "adapter_as_of")}
+        served["version"] = current
+        age = (today - dt.date.fromisoformat(m["as_of"])).days if m.get("as_of") else None
+        served["age_days"] = age
+        if age is not None and age > pcfg.rag_every_days:
+            problems.append(
+                f"stale: the served table is as of {m['as_of']}, {age} days before {today}; a "
+                f"refresh is due every {pcfg.rag_every_days} days (pipeline.rag_every_days)"
+            )
+    days = list_days(root)
+    counted = days[-1] if days else None
+    if counted is None:
+        problems.append("no transition counts yet (run a tick)")
+    elif (today - counted).days > 2:
+        problems.append(
+            f"the counts end at {counted}, {(today - counted).days - 1} days before "
+            f"{today - DAY}, the last day a tick on {today} counts: no newer log day was "
+            "counted (a partition not landing, or no tick since)"
+        )
+    last_tick = None
+    if state["ticks"]:
+        key = max(state["ticks"])
+        record = state["ticks"][key]
+        failed = {n: s["error"] for n, s in record["steps"].items() if s.get("status") == "failed"}
+        last_tick = {"day": key, "status": record.get("status"), "failed": failed}
+        if record.get("status") == "failed":
+            problems.append(f"the last tick ({key}) failed: " + "; ".join(
+                f"{n}: {e}" for n, e in failed.items()
+            ))
+    last_ft = last_day(state, "last_finetune")
+    if uses_adapter(cfg.infer.strategy):
+        gap = pcfg.finetune_every_days if pcfg.policy == "fixed" else pcfg.max_finetune_gap_days
+        if last_ft is None:
+            problems.append(f"no fine-tune yet; infer.strategy={cfg.infer.strategy} needs one")
+        elif gap is not None and (today - last_ft).days > gap:
+            problems.append(
+                f"fine-tune overdue: the last was on {last_ft}, {(today - last_ft).days} days "
+                f"before {today} (due every {gap})"
+            )
+    uri = tick_lock_uri(root)
+    holder = read_lock(uri)
+    running = None
+    if holder is not None:
+        age_s = lock_age_s(uri)
+        running = {"holder": holder, "lock_age_s": round(age_s)}
+        if age_s > STALE_LOCK_S:
+            problems.append(
+                f"pipeline/tick.lock was not rewritten for {age_s / 60:.0f} min: its tick is gone "
+                "(the next tick takes it over)"
+            )
+    return {
+        "root": root,
+        "today": today.isoformat(),
+        "healthy": not problems,
+        "problems": problems,
+        "served": served,
+        "counted_through": counted.isoformat() if counted else None,
+        "last_tick": last_tick,
+        "last_finetune": state.get("last_finetune"),
+        "last_refresh": state.get("last_refresh"),
+        "running": running,
+    }
+
+
 # ---- command line -------------------------------------------------------------------------------
 TICK_READS = "inputs.*, <root>/stats/, <root>/adapters/, <root>/pipeline/state.json"
 TICK_WRITES = (
@@ -647,6 +731,10 @@ TICK_WRITES = (
     "pipeline/tick.lock while it runs: one tick per root at a time)"
 )
 REPLAY_READS = "<root>/stats/ (the counts), inputs.items and inputs.clusters"
+STATUS_READS = (
+    "<root>/pipeline/state.json and tick.lock, tables/CURRENT and its manifest.json, the days "
+    "under <root>/stats/transitions/"
+)
 REPLAY_WRITES = (
     "<root>/reports/<report>/ (metrics.json, timeline.json, plots) and the work root "
     "(pipeline.work_root, default <root>/reports/<report>/work: tables and adapters it builds)"
@@ -657,8 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = job_parser(
         "python -m jobs.pipeline",
         "The hybrid cadence: `tick` runs what is due on a day; `replay` compares strategies "
-        "over logged history. `python -m jobs.pipeline tick --help` (or replay) for each.",
-        reads=f"tick: {TICK_READS}; replay: {REPLAY_READS}",
+        "over logged history; `status` says whether the root is fresh. `python -m "
+        "jobs.pipeline tick --help` (or replay, status) for each.",
+        reads=f"tick: {TICK_READS}; replay: {REPLAY_READS}; status: {STATUS_READS}",
         writes=f"tick: {TICK_WRITES}; replay: {REPLAY_WRITES}",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -701,8 +790,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated (default pipeline.strategies: all of "
         + ",".join(PipelineConfig().strategies) + ")",
     )
+    st = sub.add_parser(
+        "status",
+        help="Say whether the root is fresh: what is served, the last tick, problems.",
+        description="Read-only: the served table (version, as_of, age), the last tick and its "
+        "failed steps, the last fine-tune and refresh, a tick running now, and `problems` "
+        "(a stale table, a failed last tick, no new log days counted, an overdue fine-tune, a "
+        "lock left by a tick that is gone). With --check the exit status is 1 when there is a "
+        "problem, for a monitor or a cron line that mails on failure.",
+        epilog=f"Reads: {STATUS_READS}\nWrites: nothing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    st.add_argument(
+        "--today", type=dt.date.fromisoformat, metavar="DAY",
+        help="the day to judge freshness on (default: today, UTC)",
+    )
+    st.add_argument("--check", action="store_true", help="exit 1 when there is a problem")
     # Let --config/--set come after the subcommand too.
-    for p in (t, r):
+    for p in (t, r, st):
         add_config_args(p, "sub_config", "sub_overrides")
     return parser
 
@@ -719,6 +824,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if args.command == "tick":
             summary = tick(cfg, args.as_of)
+        elif args.command == "status":
+            summary = status(cfg, args.today or dt.datetime.now(dt.UTC).date())
         else:
             from jobs.replay import replay
 
@@ -727,7 +834,8 @@ def main(argv: list[str] | None = None) -> dict:
     except (ConfigError, InputError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(summary, default=str, sort_keys=True))
-    if summary.get("status") == "failed":
+    if summary.get("status") == "failed" or (args.command == "status" and args.check
+                                                and not summary["healthy"]):
         sys.exit(1)
     return summary
 

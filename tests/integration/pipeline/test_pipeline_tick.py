@@ -8,7 +8,7 @@ import pytest
 
 from common.config import load_config
 from common.storage import read_current, read_json, table_dir
-from jobs.pipeline import load_state, tick
+from jobs.pipeline import load_state, status, tick
 
 pytestmark = pytest.mark.ray
 
@@ -52,12 +52,23 @@ def test_tick_sequence_follows_the_policy_survives_a_failure_and_is_idempotent(s
     state = load_state(root)
     assert state["ticks"][day(3).isoformat()]["steps"]["refresh"]["status"] == "failed"
     assert state["last_refresh"]["day"] == day(0).isoformat()
+    # What a monitor sees: the failed step, with the old table still served.
+    seen = status(cfg, day(3))
+    assert not seen["healthy"] and seen["served"]["version"] == v0
+    assert seen["problems"] == [
+        f"the last tick ({day(3)}) failed: refresh: "
+        + state["ticks"][day(3).isoformat()]["steps"]["refresh"]["error"]
+    ]
 
     # Day 4: the next tick retries the refresh (overdue since day 3) and publishes.
     r4 = tick(cfg, day(4))
     assert r4["status"] == "done" and set(r4["plan"]) == {"aggregate", "refresh"}
     v4 = read_current(root)
     assert v4 != v0 and manifest(root)["as_of"] == day(4).isoformat()
+    seen = status(cfg, day(4))
+    assert seen["healthy"] and seen["problems"] == []
+    assert seen["served"]["age_days"] == 0 and seen["counted_through"] >= str(day(3))
+    assert seen["served"]["adapter"] == adapter0 and seen["running"] is None
 
     # A repeated tick does nothing: same state, same CURRENT.
     before = load_state(root)
@@ -93,3 +104,8 @@ def test_a_frequency_pipeline_needs_no_model(sim_copy):
     assert manifest(root)["strategy"] == "frequency" and manifest(root)["as_of"] == str(day(0))
     state = load_state(root)
     assert state["last_finetune"] is None and state["last_refresh"]["day"] == str(day(0))
+    # No adapter is needed, so none is missed; three days on, the table is stale.
+    assert status(cfg, day(0))["healthy"]
+    assert status(cfg, day(3))["problems"][0].startswith(
+        f"stale: the served table is as of {day(0)}, 3 days before {day(3)}"
+    )
