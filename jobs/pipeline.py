@@ -702,8 +702,11 @@ def status(cfg: Config, today: dt.date) -> dict:
     uri = tick_lock_uri(root)
     holder = read_lock(uri)
     running = None
+    try:
+        age_s = lock_age_s(uri) if holder is not None else None
+    except FileNotFoundError:  # the tick ended between the two reads
+        holder = age_s = None
     if holder is not None:
-        age_s = lock_age_s(uri)
         running = {"holder": holder, "lock_age_s": round(age_s)}
         if age_s > STALE_LOCK_S:
             problems.append(
