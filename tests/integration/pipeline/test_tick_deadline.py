@@ -30,9 +30,10 @@ DAY = dt.date(2026, 1, 11)  # day 10 of conftest's simulated month
 DEADLINE_S = 2.0
 
 
-def ray_processes(temp_dir: str, wait_s: float = 10) -> list[int]:
+def ray_processes(temp_dir: str, wait_s: float = 30) -> list[int]:
     """Pids of the processes whose command line names `temp_dir` (a Ray started there) still
-    there after up to `wait_s`: a Ray worker notices its raylet is gone within a few seconds."""
+    there after up to `wait_s`: Ray's dashboard and runtime-env agents poll for their raylet and
+    go within a few seconds on an idle machine, ~12 s on a loaded one (seen here)."""
     deadline = time.monotonic() + wait_s
     while True:
         pids = []
