@@ -230,10 +230,14 @@ def publish_version(root: str, version: str, **parts) -> str:
     return folder
 
 
+def read_manifest(root: str, version: str) -> dict:
+    """tables/<version>/manifest.json (FileNotFoundError when the version has none)."""
+    return storage.read_json(storage.join(storage.table_dir(root, version), "manifest.json"))
+
+
 def served_as_of(root: str) -> tuple[str, dt.date] | None:
     """(CURRENT's version, the day its table is for), or None while nothing is served."""
     current = storage.read_current(root)
     if not current:
         return None
-    manifest = storage.read_json(storage.join(storage.table_dir(root, current), "manifest.json"))
-    return current, dt.date.fromisoformat(str(manifest["as_of"]))
+    return current, dt.date.fromisoformat(str(read_manifest(root, current)["as_of"]))

@@ -183,13 +183,14 @@ def file_stamps(uri: str) -> dict[str, str]:
 
 
 def newest_write(uri: str) -> dt.datetime | None:
-    """When anything under uri was last written (local mtime or S3 LastModified, UTC); None
-    when it holds no file."""
+    """When the file uri, or anything under the folder uri, was last written (local mtime or S3
+    LastModified, UTC); None when there is no file."""
     fs, path = fsspec_for(uri)
     if not fs.exists(path):
         return None
+    infos = {path: fs.info(path)} if fs.isfile(path) else fs.find(path, detail=True)
     stamps = []
-    for info in fs.find(path, detail=True).values():
+    for info in infos.values():
         when = info.get("LastModified") or info.get("mtime")
         if isinstance(when, (int, float)):
             when = dt.datetime.fromtimestamp(when, dt.UTC)

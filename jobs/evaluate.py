@@ -23,7 +23,8 @@ from common.cli import InputError, job_parser, run_main
 from common.config import Config
 from common.lookup import Lookup
 from common.model import adapter_as_of
-from common.storage import join, read_current, read_json, report_dir, table_dir, write_json
+from common.publish import read_manifest
+from common.storage import join, read_current, report_dir, write_json
 from common.transitions import list_days, read_transitions
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def valid_rate_of(manifest: dict) -> float | None:
 
 def manifest_of(root: str, version: str) -> dict:
     try:
-        return read_json(join(table_dir(root, version), "manifest.json"))
+        return read_manifest(root, version)
     except (FileNotFoundError, OSError):
         return {}
 

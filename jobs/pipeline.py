@@ -43,7 +43,7 @@ from common.config import Config, ConfigError, PipelineConfig
 from common.storage import (
     create_new,
     exists,
-    fsspec_for,
+    newest_write,
     pipeline_state,
     read_current,
     read_json,
@@ -52,6 +52,7 @@ from common.storage import (
     write_text,
 )
 from common.storage import tick_lock as tick_lock_uri
+from common.transitions import list_days
 from jobs.infer import uses_adapter
 
 log = logging.getLogger(__name__)
@@ -276,12 +277,10 @@ STALE_LOCK_S = 15 * 60
 
 def lock_age_s(uri: str) -> float:
     """Seconds since the lock file was written (local mtime or S3 LastModified)."""
-    fs, path = fsspec_for(uri)
-    info = fs.info(path)
-    stamp = info.get("mtime") or info.get("LastModified")
-    if isinstance(stamp, dt.datetime):
-        return (dt.datetime.now(dt.UTC) - stamp).total_seconds()
-    return time.time() - float(stamp)
+    written = newest_write(uri)
+    if written is None:
+        raise FileNotFoundError(uri)
+    return (dt.datetime.now(dt.UTC) - written).total_seconds()
 
 
 def read_lock(uri: str) -> dict | None:
@@ -645,9 +644,6 @@ def status(cfg: Config, today: dt.date) -> dict:
     """Whether the root is fresh on `today`: what is served and as of when, the last tick, the
     last fine-tune and refresh, a tick running now, and `problems` (empty when healthy): what a
     monitor alerts on, since a tick that keeps failing leaves the old table served, silently."""
-    from common.storage import table_dir
-    from common.transitions import list_days
-
     pcfg, root = cfg.pipeline, cfg.root
     state = load_state(root)
     problems = []
@@ -657,7 +653,7 @@ def status(cfg: Config, today: dt.date) -> dict:
         problems.append("no table served: tables/CURRENT is missing (run a tick)")
     else:
         try:
-            m = read_json(f"{table_dir(root, current)}/manifest.json")
+            m = publish.read_manifest(root, current)
         except (FileNotFoundError, ValueError):
             m = {}
         served = {k: m.get(k) for k in ("as_of", "strategy", "adapter", "adapter_as_of")}
@@ -744,6 +740,17 @@ REPLAY_WRITES = (
 )
 
 
+def subcommand(sub, name: str, help: str, description: str, reads: str, writes: str):
+    """A subcommand's parser, its Reads/Writes lines under the options as job_parser puts them."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"Reads: {reads}\nWrites: {writes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = job_parser(
         "python -m jobs.pipeline",
@@ -754,30 +761,32 @@ def build_parser() -> argparse.ArgumentParser:
         writes=f"tick: {TICK_WRITES}; replay: {REPLAY_WRITES}",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser(
+    t = subcommand(
+        sub,
         "tick",
-        help="Run what is due for one day (idempotent).",
-        description="Run what is due on --as-of: aggregate the new days, then a fine-tune and "
+        "Run what is due for one day (idempotent).",
+        "Run what is due on --as-of: aggregate the new days, then a fine-tune and "
         "a refresh (snapshot, bulk inference, guards, publish) when the policy says so. A day "
         "already done is a no-op; a failed step is retried by the next tick. A tick still "
         "running after pipeline.max_tick_hours (default "
         f"{PipelineConfig().max_tick_hours:g}) logs the step it was in, removes its lock and "
         f"exits with status {EXIT_PAST_DEADLINE}; the next tick starts that step again.",
-        epilog=f"Reads: {TICK_READS}\nWrites: {TICK_WRITES}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        TICK_READS,
+        TICK_WRITES,
     )
     t.add_argument(
         "--as-of", required=True, type=dt.date.fromisoformat, metavar="DAY",
         help="the day the tables are built for (YYYY-MM-DD): counts the log's days before it",
     )
-    r = sub.add_parser(
+    r = subcommand(
+        sub,
         "replay",
-        help="Replay the cadence day by day for several strategies.",
-        description="Replay the cadence over logged history, day by day, for each strategy: "
+        "Replay the cadence day by day for several strategies.",
+        "Replay the cadence over logged history, day by day, for each strategy: "
         "each sees only data before the day it serves. Writes hit rates, per-day timelines "
         "and plots.",
-        epilog=f"Reads: {REPLAY_READS}\nWrites: {REPLAY_WRITES}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        REPLAY_READS,
+        REPLAY_WRITES,
     )
     r.add_argument(
         "--start", type=dt.date.fromisoformat, metavar="DAY",
@@ -793,16 +802,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated (default pipeline.strategies: all of "
         + ",".join(PipelineConfig().strategies) + ")",
     )
-    st = sub.add_parser(
+    st = subcommand(
+        sub,
         "status",
-        help="Say whether the root is fresh: what is served, the last tick, problems.",
-        description="Read-only: the served table (version, as_of, age), the last tick and its "
+        "Say whether the root is fresh: what is served, the last tick, problems.",
+        "Read-only: the served table (version, as_of, age), the last tick and its "
         "failed steps, the last fine-tune and refresh, a tick running now, and `problems` "
         "(a stale table, a failed last tick, no new log days counted, an overdue fine-tune, a "
         "lock left by a tick that is gone). With --check the exit status is 1 when there is a "
         "problem, for a monitor or a cron line that mails on failure.",
-        epilog=f"Reads: {STATUS_READS}\nWrites: nothing",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        STATUS_READS,
+        "nothing",
     )
     st.add_argument(
         "--today", type=dt.date.fromisoformat, metavar="DAY",
