@@ -48,13 +48,14 @@ def reference(rows, d, w, top_n):
         if dd >= second_start:
             second[(a, b, c)] += n
 
-    def top(scores, support):
+    def top(scores, support, pooled=False):
+        """Ties go to c2's count over every c1 (pair rankings only), then to c3 ascending."""
         by_key = defaultdict(list)
         for key, s in scores.items():
             by_key[key[:-1]].append((s, key[-1]))
         out = {}
         for k, lst in by_key.items():
-            lst.sort(key=lambda x: (-x[0], x[1]))
+            lst.sort(key=lambda x: (-x[0], -glob[(k[-1], x[1])] if pooled else 0, x[1]))
             out[k] = [(c, s / support[k]) for s, c in lst[:top_n]]
         return out
 
@@ -65,8 +66,8 @@ def reference(rows, d, w, top_n):
         c2_support[(b,)] += n
     trend = {k: second[k] - first[k] for k in tot}
     return {
-        "frequency": top(dict(tot), pair_support),
-        "trend": top(trend, pair_support),
+        "frequency": top(dict(tot), pair_support, pooled=True),
+        "trend": top(trend, pair_support, pooled=True),
         "global": top(dict(glob), c2_support),
     }, pair_support
 
@@ -103,8 +104,9 @@ def test_hand_made_ranking_ties_and_trend_sign():
         (day(-2), 1, 2, 7, 3),
         (day(-4), 1, 2, 4, 1),
         (day(-1), 1, 2, 4, 2),
-        # pair (3, 2): shares c2 with (1, 2) for the global ranking.
+        # pairs (3, 2) and (0, 2): share c2 with (1, 2) for the global ranking and its ties.
         (day(-2), 3, 2, 5, 4),
+        (day(-2), 0, 2, 6, 1),
         # outside the window: before it and on/after d.
         (day(-5), 1, 2, 9, 100),
         (day(0), 1, 2, 8, 100),
@@ -112,18 +114,20 @@ def test_hand_made_ranking_ties_and_trend_sign():
     ]
     snap = check(rows, top_n=3)
     freq = as_lists(snap["frequency"], ["c1", "c2"])
-    # Counts 4, 3, 3, 3 (c3 = 4, 5, 6, 7): ties broken by c3 ascending; top 3.
-    assert [c for c, _ in freq[(1, 2)]] == [4, 5, 6]
+    # Counts 3, 3, 3, 3 (c3 = 4, 5, 6, 7): the tie goes to c2's count over every c1 (5: 7,
+    # 6: 4, 4 and 7: 3), then to c3 ascending; top 3.
+    assert [c for c, _ in freq[(1, 2)]] == [5, 6, 4]
     assert freq[(1, 2)][0][1] == pytest.approx(3 / 12)
+    assert [c for c, _ in freq[(0, 2)]] == [6]
     trend = as_lists(snap["trend"], ["c1", "c2"])
-    # Trends: 7: +3, 6: +1, 4: +1, 5: -3 -> 7, then 4 and 6 tied (c3 ascending).
-    assert [c for c, _ in trend[(1, 2)]] == [7, 4, 6]
+    # Trends: 7: +3, 6: +1, 4: +1, 5: -3 -> 7, then 6 before 4 (c2's count 4 against 3).
+    assert [c for c, _ in trend[(1, 2)]] == [7, 6, 4]
     assert trend[(1, 2)][0][1] == pytest.approx(3 / 12)
     full = build_snapshot(counts(rows), D, W, 10)
     assert as_lists(full["trend"], ["c1", "c2"])[(1, 2)][-1] == (5, pytest.approx(-3 / 12))
     glob = as_lists(snap["global"], ["c2"])
-    assert [c for c, _ in glob[(2,)]] == [5, 4, 6]  # 5: 3 + 4 = 7 of 16
-    assert glob[(2,)][0][1] == pytest.approx(7 / 16)
+    assert [c for c, _ in glob[(2,)]] == [5, 6, 4]  # 5: 3 + 4 = 7 of 17, 6: 3 + 1
+    assert glob[(2,)][0][1] == pytest.approx(7 / 17)
     assert 8 not in snap["frequency"]["c3"].to_pylist() + snap["global"]["c3"].to_pylist()
 
 
