@@ -47,6 +47,10 @@ from common.tables_io import write_parquet
 
 DAY = dt.timedelta(days=1)
 VARIANTS = ("frequency", "trend", "global")
+# Bumped whenever the same counts would rank differently, so caches keyed by settings (the
+# replay's adapters and tables) do not serve builds of an older ranking. 1: ties by id;
+# 2 (2026-11-25): ties by c2's pooled count, then id.
+RANKING_VERSION = 2
 
 PAIR_SNAPSHOT = pa.schema(
     [

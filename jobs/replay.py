@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from common import retrieval
 from common.cli import InputError
 from common.config import Config
 from common.lookup import Lookup
@@ -194,6 +195,7 @@ class Replayer:
                     cfg.model.name_or_path,
                     cfg.prompt.model_dump(mode="json"),
                     cfg.retrieval.model_dump(mode="json"),  # the RAG lines of the examples
+                    retrieval.RANKING_VERSION,
                 ],
                 sort_keys=True,
             ).encode()
@@ -278,6 +280,7 @@ def table_key(cfg: Config) -> str:
         cfg.retrieval.model_dump(mode="json"),
         cfg.model.model_dump(mode="json"),
         cfg.guards.model_dump(mode="json"),
+        retrieval.RANKING_VERSION,
     ]
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

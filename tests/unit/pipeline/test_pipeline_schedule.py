@@ -258,6 +258,20 @@ def test_replay_cache_keys_follow_the_source_counts_and_catalog(tmp_path):
     assert Replayer(with_overrides(cfg, retrieval__window_days=7), work).key != again.key
 
 
+def test_replay_cache_keys_follow_the_ranking_version(monkeypatch, tmp_path):
+    """Cached adapters and tables built under an older ranking of the same counts (ties by id
+    before 2026-11-25) are not reused: both keys change with retrieval.RANKING_VERSION."""
+    from common import retrieval
+    from jobs.replay import Replayer
+
+    cfg = load_config(None, [f"root={tmp_path / 'src'}", "as_of=2026-03-01"])
+    work = str(tmp_path / "work")
+    adapter_key, tables_key = Replayer(cfg, work).key, table_key(cfg)
+    monkeypatch.setattr(retrieval, "RANKING_VERSION", retrieval.RANKING_VERSION - 1)
+    assert Replayer(cfg, work).key != adapter_key
+    assert table_key(cfg) != tables_key
+
+
 def test_replay_refuses_inputs_that_would_lose_data_or_score_nothing(tmp_path):
     """Checked before anything is built (no Ray): a work root that is the source root (its
     stats/ would be emptied), a start on or before the first counted day, a default start past
