@@ -275,6 +275,7 @@ def write_snapshot(
         "day": day.isoformat(),
         "window_days": window_days,
         "rows": {v: snap[v].num_rows for v in VARIANTS},
+        "ranking_version": RANKING_VERSION,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(meta or {}),
     }
@@ -293,12 +294,18 @@ def write_snapshot(
 
 
 def read_snapshot(root: str, day: dt.date, window_days: int) -> dict[str, pa.Table]:
-    """The stored snapshot for (d, W); a clear error when it is missing or incomplete."""
+    """The stored snapshot for (d, W); a clear error when it is missing, incomplete or ranked by
+    an older rule (meta.json `ranking_version`, 1 when absent), which callers treat alike."""
     folder = storage.retrieval_dir(root, day, window_days)
-    if not storage.exists(storage.join(folder, "meta.json")):
+    rebuild = f"python -m jobs.retrieve --set as_of={day} --set retrieval.window_days={window_days}"
+    meta = storage.join(folder, "meta.json")
+    if not storage.exists(meta):
+        raise FileNotFoundError(f"no complete retrieval snapshot at {folder} (run {rebuild})")
+    version = json.loads(storage.read_text(meta)).get("ranking_version", 1)
+    if version != RANKING_VERSION:
         raise FileNotFoundError(
-            f"no complete retrieval snapshot at {folder} (run python -m jobs.retrieve "
-            f"--set as_of={day} --set retrieval.window_days={window_days})"
+            f"the retrieval snapshot at {folder} was ranked by ranking_version {version}, this "
+            f"code ranks by {RANKING_VERSION} (docs/contracts.md): rebuild it ({rebuild})"
         )
     out = {}
     for variant, schema in zip(

@@ -196,6 +196,36 @@ def test_write_read_round_trip(where, tmp_path, request):
         read_snapshot(root, D, W + 1)
 
 
+def test_a_snapshot_of_an_older_ranking_is_not_read(tmp_path):
+    """A snapshot stored before the tie rule (no ranking_version in meta.json) ranked ties by id:
+    reading it says so, and jobs.infer then ranks the counts itself rather than serve it."""
+    import json
+
+    from common import retrieval
+    from common.config import load_config
+    from jobs.infer import snapshot_for
+
+    root = str(tmp_path / "root")
+    rows = [(day(-1), 1, 2, 3, 1), (day(-1), 1, 2, 4, 1), (day(-2), 5, 2, 4, 3)]
+    write_counts(root, rows)
+    folder = write_snapshot(root, D, W, build_snapshot(counts(rows), D, W, 5))
+    meta_path = f"{folder}/meta.json"
+    meta = json.loads(open(meta_path).read())
+    assert meta["ranking_version"] == retrieval.RANKING_VERSION
+    del meta["ranking_version"]
+    open(meta_path, "w").write(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="ranking_version 1, this code ranks by 2"):
+        read_snapshot(root, D, W)
+    cfg = load_config(None, [f"root={root}", f"retrieval.window_days={W}"])
+    snap, how = snapshot_for(cfg, D)
+    assert how == "built"
+    # Pair (1, 2): 3 and 4 tie at 1; c2's counts over every c1 put 4 (1 + 3) first.
+    assert as_lists(snap["frequency"], ["c1", "c2"])[(1, 2)] == [
+        (4, pytest.approx(0.5)),
+        (3, pytest.approx(0.5)),
+    ]
+
+
 def write_counts(root: str, rows) -> None:
     """Store rows the way jobs.aggregate does: one folder per day."""
     from common.tables_io import write_parquet
