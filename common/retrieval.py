@@ -298,10 +298,13 @@ def read_snapshot(root: str, day: dt.date, window_days: int) -> dict[str, pa.Tab
     an older rule (meta.json `ranking_version`, 1 when absent), which callers treat alike."""
     folder = storage.retrieval_dir(root, day, window_days)
     rebuild = f"python -m jobs.retrieve --set as_of={day} --set retrieval.window_days={window_days}"
-    meta = storage.join(folder, "meta.json")
-    if not storage.exists(meta):
-        raise FileNotFoundError(f"no complete retrieval snapshot at {folder} (run {rebuild})")
-    version = json.loads(storage.read_text(meta)).get("ranking_version", 1)
+    try:
+        meta = storage.read_json(storage.join(folder, "meta.json"))  # written last
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no complete retrieval snapshot at {folder} (run {rebuild})"
+        ) from None
+    version = meta.get("ranking_version", 1)
     if version != RANKING_VERSION:
         raise FileNotFoundError(
             f"the retrieval snapshot at {folder} was ranked by ranking_version {version}, this "

@@ -139,7 +139,7 @@ def snapshot_for(cfg: Config, day: dt.date) -> tuple[dict, str]:
     W = cfg.retrieval.window_days
     try:
         return read_snapshot(cfg.root, day, W), "stored"
-    except FileNotFoundError:  # none stored (or incomplete): the same ranking, built here
+    except FileNotFoundError:  # none stored, incomplete or of an older ranking: built here
         pass
     window = read_transitions(cfg.root, day - W * DAY, day)
     return build_snapshot(window, day, W, cfg.retrieval.top_n), "built"
